@@ -38,14 +38,28 @@ def ingest_cmd(
             sources, out_dir, name=name, column_map=column_map, image_root=images, open_to_mcq=open_to_mcq, seed=seed,
             on_row=lambda src, n: bar.update(task, description=f"ingest {src}", completed=n) if n % 200 == 0 else None,
         )
+    for table in ingest_tables(result):
+        out.print(table)
+    out.print(f"{result.items} items in the workspace; every row with its reason: mmcurate status {out_dir} --rows", highlight=False)
+
+
+def ingest_tables(result) -> list[Table]:
+    """Per-source counts, and why rows were not kept (shared by `ingest`, `run` and `demo`)."""
     table = Table(title=f"ingest -> {result.workdir}/items.parquet")
-    for col in ("source", "format", "rows", "kept", "dropped", "quarantined", "reasons"):
-        table.add_column(col, justify="right" if col in ("rows", "kept", "dropped", "quarantined") else "left")
+    for col in ("source", "format", "rows", "kept", "dropped", "quarantined"):
+        table.add_column(col, justify="left" if col in ("source", "format") else "right")
     for s in result.sources:
-        reasons = ", ".join(f"{r} {n}" for (_, r), n in s.reasons.most_common())
-        table.add_row(s.source, s.format, str(s.rows), str(s.counts["kept"]), str(s.counts["dropped"]), str(s.counts["quarantined"]), reasons or "-")
-    out.print(table)
-    out.print(f"{result.items} items in the workspace; details of every dropped or quarantined row: `mmcurate status {out_dir} --rows`")
+        table.add_row(s.source, s.format, str(s.rows), str(s.counts["kept"]), str(s.counts["dropped"]), str(s.counts["quarantined"]))
+    tables = [table]
+    reasons = [(s.source, status, reason, n) for s in result.sources for (status, reason), n in s.reasons.most_common()]
+    if reasons:
+        why = Table(title="why rows were not kept")
+        for col in ("source", "status", "reason", "rows"):
+            why.add_column(col, justify="right" if col == "rows" else "left")
+        for row in reasons:
+            why.add_row(*map(str, row))
+        tables.append(why)
+    return tables
 
 
 def status_cmd(

@@ -8,6 +8,7 @@ scope (an open question, a row without its image) raises ``Dropped``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -83,8 +84,11 @@ def _get(data: dict, canonical: str, opts: NormalizeOptions) -> tuple[str | None
     return None, None
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+
+
 def _check_text(value: str, field: str) -> str:
-    if any("\udc80" <= ch <= "\udcff" for ch in value):
+    if _UNDECODABLE.search(value):
         raise RowError("bad_encoding", field, f"field {field!r} is not valid UTF-8 text")
     return value
 
@@ -304,15 +308,20 @@ def _first(data: dict, opts: NormalizeOptions, canonical: str, aliases: tuple[st
 
 
 def _mmstar_dimension(data: dict, opts: NormalizeOptions, source_category: str | None, source_l2: str | None) -> tuple[str | None, str | None]:
+    return _dimension_lookup(opts.taxonomy, opts.source, source_category, source_l2)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dimension_lookup(tax: Taxonomy, source: str, source_category: str | None, source_l2: str | None) -> tuple[str | None, str | None]:
     """MMStar's (capability, dimension): taken as is when the source already uses MMStar's strings
-    (e.g. an MMStar TSV), else from the taxonomy's source-category mappings, else unknown."""
-    tax = opts.taxonomy
+    (e.g. an MMStar TSV), else from the taxonomy's source-category mappings, else unknown.
+    Cached: a benchmark has a handful of categories and thousands of rows."""
     dims = {d.name for d in tax.dimensions}
     for value in (source_l2, source_category):
         if value and value.strip().lower() in dims:
             dim = value.strip().lower()
             return tax.capability_of(dim), dim
-    dim = tax.map_category(opts.source, source_l2, source_category)
-    if dim is None and "ai2d" in opts.source.lower():
-        dim = tax.map_category(opts.source, "ai2d")
+    dim = tax.map_category(source, source_l2, source_category)
+    if dim is None and "ai2d" in source.lower():
+        dim = tax.map_category(source, "ai2d")
     return (tax.capability_of(dim), dim) if dim else (None, None)

@@ -37,7 +37,7 @@ class SourceMapping:
     categories: dict[str, str] = field(hash=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: cheap as a cache key in the per-row path
 class Taxonomy:
     capabilities: tuple[Capability, ...]
     mappings: tuple[SourceMapping, ...]

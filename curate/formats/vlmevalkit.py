@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,8 +64,15 @@ def read_tsv(path: Path, opts: ReadOptions, *, delimiter: str = "\t") -> Iterato
     image_col = next((c for c in (opts.column_map.get("image"), *IMAGE_COLUMNS) if c and c in header), None)
     index_col = opts.column_map.get("index") or ("index" if "index" in header else None)
 
-    shared = _shared_payloads(path, delimiter, image_col, index_col) if image_col else {}
+    shared = _SharedPayloads(path, delimiter, image_col, index_col) if image_col else None
+    try:
+        yield from _rows(path, delimiter, header, image_col, shared)
+    finally:
+        if shared is not None:
+            shared.close()
 
+
+def _rows(path: Path, delimiter: str, header: list[str], image_col: str | None, shared) -> Iterator[SourceRow]:
     with _open(path) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         next(reader)
@@ -103,27 +112,51 @@ def read_tsv(path: Path, opts: ReadOptions, *, delimiter: str = "\t") -> Iterato
             yield SourceRow(row_no, rec, images, where=where, error=error, has_image_column=image_col is not None)
 
 
-def _shared_payloads(path: Path, delimiter: str, image_col: str, index_col: str | None) -> dict[str, str]:
-    """Payload cells of the rows other rows point at (two streaming passes, only when needed)."""
-    referenced: set[str] = set()
-    with _open(path) as fh:
-        for rec in csv.DictReader(fh, delimiter=delimiter):
-            cell = (rec.get(image_col) or "").strip()
-            if _is_ref(cell):
-                referenced.add(cell)
-    if not referenced or index_col is None:
-        return {}
-    shared: dict[str, str] = {}
-    with _open(path) as fh:
-        for rec in csv.DictReader(fh, delimiter=delimiter):
-            index = (rec.get(index_col) or "").strip()
-            cell = (rec.get(image_col) or "").strip()
-            if index in referenced and not _is_ref(cell):
-                shared[index] = cell
-    return shared
+class _SharedPayloads:
+    """Image cells that other rows point at, kept in a temporary SQLite file, not in memory.
+
+    MMBench-style files share about a quarter of their images; holding those payloads in a
+    dict would make memory grow with file size.
+    """
+
+    def __init__(self, path: Path, delimiter: str, image_col: str, index_col: str | None):
+        self._db = None
+        referenced: set[str] = set()
+        with _open(path) as fh:
+            for rec in csv.DictReader(fh, delimiter=delimiter):
+                cell = (rec.get(image_col) or "").strip()
+                if _is_ref(cell):
+                    referenced.add(cell)
+        if not referenced or index_col is None:
+            return
+        self._tmp = tempfile.TemporaryDirectory(prefix="mmcurate-tsv-")
+        self._db = sqlite3.connect(Path(self._tmp.name) / "shared.sqlite")
+        self._db.execute("CREATE TABLE payload (idx TEXT PRIMARY KEY, cell TEXT)")
+        with _open(path) as fh:
+            rows = (
+                ((rec.get(index_col) or "").strip(), (rec.get(image_col) or "").strip())
+                for rec in csv.DictReader(fh, delimiter=delimiter)
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO payload VALUES (?, ?)",
+                ((i, c) for i, c in rows if i in referenced and not _is_ref(c)),
+            )
+        self._db.commit()
+
+    def get(self, index: str) -> str | None:
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT cell FROM payload WHERE idx = ?", (index,)).fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._tmp.cleanup()
+            self._db = None
 
 
-def _resolve_ref(ref: ImageRef, shared: dict[str, str]) -> list[ImageRef]:
+def _resolve_ref(ref: ImageRef, shared: _SharedPayloads) -> list[ImageRef]:
     if ref.kind != "ref":
         return [ref]
     cell = shared.get(ref.value)

@@ -1,0 +1,105 @@
+"""Build the small demo pool shipped in data/demo/ from ../shared/data (run once by maintainers).
+
+Three kinds of candidates, all permissively licensed, so every stage has something to show:
+- MMBench's official samples (Apache-2.0): real VLMEvalKit TSV rows with images and hints.
+- easy-VQA (MIT) questions turned into multiple choice: shape/colour questions that need the image.
+- MMLU (MIT) knowledge questions paired with an unrelated easy-VQA picture: the way leaked,
+  blind-answerable items sit in real benchmarks. Screening should drop these.
+
+Deterministic: the same shared data and seed give the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+from pathlib import Path
+
+SHAPES = ["circle", "rectangle", "triangle"]
+COLORS = ["red", "green", "blue", "yellow", "teal", "brown", "black", "gray"]
+MMLU_SUBJECTS = ["high_school_geography", "high_school_biology", "astronomy", "world_religions", "nutrition", "us_foreign_policy"]
+
+
+def easy_vqa_items(shared: Path, rng: random.Random, n: int) -> list[dict]:
+    questions = json.loads((shared / "easy_vqa/test/questions.json").read_text())
+    open_qs = [q for q in questions if q[1] not in ("yes", "no")]
+    rng.shuffle(open_qs)
+    out = []
+    for i, (question, answer, image_id) in enumerate(open_qs[:n]):
+        pool = SHAPES if answer in SHAPES else COLORS
+        options = [answer] + rng.sample([x for x in pool if x != answer], min(3, len(pool) - 1))
+        rng.shuffle(options)
+        out.append({"id": f"evqa-{i}", "question": question, "options": options, "answer": "ABCD"[options.index(answer)],
+                    "image": f"images/{image_id}.png", "category": "shape" if answer in SHAPES else "color"})
+    return out
+
+
+def mmlu_items(shared: Path, rng: random.Random, n: int, image_ids: list[int]) -> list[dict]:
+    rows = []
+    for subject in MMLU_SUBJECTS:
+        with open(shared / f"controls/mmlu/test/{subject}_test.csv", encoding="utf-8") as fh:
+            rows += [(subject, r) for r in csv.DictReader(fh)]
+    rng.shuffle(rows)
+    out = []
+    for i, (subject, r) in enumerate(rows[:n]):
+        out.append({"id": f"mmlu-{i}", "question": r["question"], "options": [r[f"choice{k}"] for k in range(4)],
+                    "answer": "ABCD"[int(r["answer"])], "image": f"images/{rng.choice(image_ids)}.png", "category": subject})
+    return out
+
+
+def flawed_rows(evqa: list[dict]) -> list[dict]:
+    """Six rows with the defects real pools have, each to be dropped or quarantined by ingest."""
+    base = evqa[0]
+    return [
+        {"id": "flaw-open", "question": "how many shapes are in the image?", "answer": "1", "image": base["image"]},
+        {"id": "flaw-key", "question": base["question"], "options": base["options"], "answer": "E", "image": base["image"]},
+        {"id": "flaw-dup", "question": base["question"], "options": ["circle", "Circle", "triangle"], "answer": "A", "image": base["image"]},
+        {"id": "flaw-escape", "question": base["question"], "options": base["options"], "answer": "A", "image": "../../../etc/passwd"},
+        {"id": "flaw-missing", "question": base["question"], "options": base["options"], "answer": "A", "image": "images/no-such-image.png"},
+        {"id": "flaw-empty", "question": " ", "options": base["options"], "answer": "A", "image": base["image"]},
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "demo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-easy-vqa", type=int, default=90)
+    ap.add_argument("--n-mmlu", type=int, default=60)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    out: Path = args.out
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+
+    shutil.copy(args.shared / "vlmevalkit/MMBench_samples.tsv", out / "mmbench_samples.tsv")
+    evqa = easy_vqa_items(args.shared, rng, args.n_easy_vqa)
+    used = sorted({int(Path(x["image"]).stem) for x in evqa})
+    mmlu = mmlu_items(args.shared, rng, args.n_mmlu, used)
+    for image_id in used:
+        shutil.copy(args.shared / f"easy_vqa/test/images/{image_id}.png", out / "images" / f"{image_id}.png")
+    flawed = flawed_rows(evqa)
+    for name, items in (("easy_vqa_mcq.jsonl", evqa), ("mmlu_unrelated_image.jsonl", mmlu), ("flawed_rows.jsonl", flawed)):
+        (out / name).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+    licences = (args.shared / "vlmevalkit/LICENSE.MMBench-samples").read_text()
+    (out / "LICENSE.MMBench-samples").write_text(licences)
+    (out / "LICENSE.easy-vqa").write_text((args.shared / "easy_vqa/LICENSE").read_text())
+    (out / "README.md").write_text(
+        "# mmcurate demo pool\n\n"
+        "| file | items | licence | what it shows |\n|---|---|---|---|\n"
+        "| mmbench_samples.tsv | 54 | Apache-2.0 (LICENSE.MMBench-samples) | MMBench's official samples: VLMEvalKit TSV, base64 images, hints; English and Chinese rows share images |\n"
+        f"| easy_vqa_mcq.jsonl + images/ | {len(evqa)} | MIT (LICENSE.easy-vqa) | easy-VQA shape/colour questions turned into multiple choice: they need the image |\n"
+        f"| mmlu_unrelated_image.jsonl | {len(mmlu)} | MIT (MMLU, Hendrycks et al.) | MMLU knowledge questions with an unrelated picture: answerable without looking |\n"
+        f"| flawed_rows.jsonl | {len(flawed)} | CC0 (written for this demo from easy-VQA rows) | the defects real pools have: an open question, a key not among the options, duplicated options, an image path escaping the folder, a missing image, an empty question |\n\n"
+        "Built by `python scripts/make_demo_pool.py` from ../shared/data (seed 0).\n"
+    )
+    print(f"wrote {out}: 54 MMBench samples, {len(evqa)} easy-VQA, {len(mmlu)} MMLU, {len(used)} images")
+
+
+if __name__ == "__main__":
+    main()
