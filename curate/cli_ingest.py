@@ -96,4 +96,4 @@ def status_cmd(
     if rows:
         bad = ledger.filter(pl.col("status") != "kept")
         for r in bad.iter_rows(named=True):
-            out.print(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}", highlight=False, soft_wrap=True)
+            out.print(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}", highlight=False, soft_wrap=True, markup=False)
