@@ -1,9 +1,155 @@
-"""CLI commands of this stage (registered into the ``mmcurate`` app by ``curate.cli``)."""
+"""``mmcurate audit``, ``mmcurate metrics`` and ``mmcurate difficulty``.
+
+Thin commands: map flags, call ``curate.audit`` / ``curate.metrics``, print a rich summary.
+"""
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from curate.errors import UserError
+
+out = Console()
+err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to ``app``. (Placeholder until the stage lands.)"""
+    app.command("audit")(audit_cmd)
+    app.command("metrics")(metrics_cmd)
+    app.command("difficulty")(difficulty_cmd)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def audit_cmd(
+    sources: Annotated[list[Path], typer.Argument(help="Benchmark files (any format ingest reads), or one workspace folder.")],
+    report: Annotated[Path, typer.Option("--report", "-r", help="Folder for report.html and summary.json (created).")],
+    panel: Annotated[Optional[Path], typer.Option(help="Panel file (default: the shipped offline panel).")] = None,
+    compare: Annotated[Optional[list[Path]], typer.Option(help="A second benchmark to show side by side (repeat for several files).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Audit only the first N items (a quick look).")] = None,
+    members: Annotated[Optional[str], typer.Option(help="Comma-separated panel members to use (default: all).")] = None,
+    rules: Annotated[bool, typer.Option("--rules/--no-rules", help="Run the rule filters (leaks, duplicates, malformed).")] = True,
+    title: Annotated[Optional[str], typer.Option(help="Report title.")] = None,
+) -> None:
+    """Screen a benchmark with a text-only panel and write an HTML report of how much is answerable blind."""
+    from curate.audit import audit
+
+    summary = audit(
+        sources, panel=panel, report_dir=report, compare=compare, limit=limit,
+        members=[m.strip() for m in members.split(",")] if members else None, rules=rules, title=title,
+    )
+    b = summary["blind"]
+    out.print(f"[bold]{b['k']} of {b['n']} items blind-answerable: {_pct(b['share'])}[/] (95 % CI {_pct(b['ci95'][0]) if b['ci95'] else '–'}–{_pct(b['ci95'][1]) if b['ci95'] else '–'}; a guessing panel: {_pct(b.get('chance_blind'))})")
+    table = Table(title="per source")
+    for col in ("source", "items", "blind", "share", "chance"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for name, g in summary["by_source"].items():
+        table.add_row(name, str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(g.get("chance_blind")))
+    out.print(table)
+    if summary.get("compare"):
+        c = summary["compare"]
+        out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")
+    out.print(f"report: {Path(report) / 'report.html'}  summary: {Path(report) / 'summary.json'}")
+
+
+def _parse_shots(pairs: list[str] | None) -> dict[str, int]:
+    keys = {"v": "vision", "vision": "vision", "wv": "without_image", "without-image": "without_image", "t": "text_only", "text-only": "text_only"}
+    shots: dict[str, int] = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        if key.strip() not in keys or not value.strip().isdigit():
+            raise UserError(f"--shots {pair!r}: expected RUN=N with RUN one of v, wv, t (e.g. --shots wv=0 --shots t=2)")
+        shots[keys[key.strip()]] = int(value)
+    return shots
+
+
+def _load_items(path: Path | None):
+    if path is None:
+        return None
+    from curate.workspace import Workspace, read_parquet_checked
+
+    if path.is_dir():
+        ws = Workspace(path)
+        return ws.read(ws.newest())
+    return read_parquet_checked(path)
+
+
+def metrics_cmd(
+    vision: Annotated[Optional[Path], typer.Option("--vision", help="Predictions of the LVLM with the image (S_v).")] = None,
+    without_image: Annotated[Optional[Path], typer.Option("--without-image", help="Predictions of the same LVLM without the image (S_wv).")] = None,
+    text_only: Annotated[Optional[Path], typer.Option("--text-only", help="Predictions of its LLM base, text only (S_t).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    option_text: Annotated[bool, typer.Option("--option-text", help="Extract answers with the option-text matcher (VLMEvalKit can_infer-like) instead of MMStar's rule.")] = False,
+    shots: Annotated[Optional[list[str]], typer.Option("--shots", help="Shot setting of a run, RUN=N with RUN v, wv or t (repeatable). Otherwise read from a 'shots' column or the file name.")] = None,
+    items: Annotated[Optional[Path], typer.Option("--items", help="Workspace folder or items parquet, for JSONL predictions without answers/options.")] = None,
+) -> None:
+    """MMStar's S_v, S_wv, S_t, multi-modal gain MG = S_v - S_wv and leakage ML = max(0, S_wv - S_t), in percent."""
+    from curate.metrics import mg_ml, read_predictions
+
+    shot = _parse_shots(shots)
+    ref = _load_items(items)
+    runs = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for key, path in (("vision", vision), ("without_image", without_image), ("text_only", text_only)):
+            runs[key] = read_predictions(path, shots=shot.get(key), items=ref) if path else None
+        report = mg_ml(**runs, matcher="option_text" if option_text else "mmstar")
+    report.warnings[:0] = [str(w.message) for w in caught]
+    if as_json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+        for w in report.warnings:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        return
+    cols = [k for k in ("S_v", "S_wv", "S_t", "MG", "ML") if k in report.overall]
+    table = Table(title=f"MMStar metrics (%), matcher {report.matcher}, {report.n_items} items")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    for c in cols:
+        table.add_column(c, justify="right")
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    table.add_row("[bold]overall[/]", str(report.n_items), *[f"[bold]{fmt(report.overall.get(c))}[/]" for c in cols])
+    for title, groups in (("category", report.by_category), ("dimension", report.by_l2_category)):
+        for name, row in groups.items():
+            table.add_row(f"{title}: {name}", str(row["n"]), *[fmt(row.get(c)) for c in cols])
+    out.print(table)
+    files = Table(title="runs")
+    for c in ("run", "file", "shots", "items", "unextractable"):
+        files.add_column(c)
+    for name, r in report.runs.items():
+        files.add_row(name, r["file"], "?" if r["shots"] is None else f"{r['shots']} ({r['shots_source']})", str(r["n"]), str(r["unextractable"]))
+    out.print(files)
+    for w in report.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def difficulty_cmd(
+    workdir: Annotated[Path, typer.Argument(help="Workspace folder: the newest stage file gets n_solvers / n_models / difficulty columns.")],
+    predictions: Annotated[list[Path], typer.Argument(help="Prediction files of the vision models (one file per model, with the image).")],
+    option_text: Annotated[bool, typer.Option("--option-text", help="Use the option-text matcher instead of MMStar's rule.")] = False,
+    source: Annotated[Optional[str], typer.Option(help="Match predictions to this source's items (when keyed by the source's own index).")] = None,
+) -> None:
+    """Bin items by how many vision models solve them (MMStar: easy 12-16, moderate 8-11, hard 4-7, tough 0-3 of 16)."""
+    from curate.metrics import read_predictions, write_difficulty
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = [read_predictions(p) for p in predictions]
+        result = write_difficulty(workdir, runs, matcher="option_text" if option_text else "mmstar", source=source)
+    table = Table(title=f"difficulty from {result['n_models']} model(s) -> {result['path']}")
+    table.add_column("bin")
+    table.add_column("items", justify="right")
+    for name, n in result["bins"].items():
+        table.add_row(name, str(n))
+    table.add_row("(no predictions)", str(result["unmatched"]))
+    out.print(table)
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}", highlight=False)

@@ -320,9 +320,11 @@ def read_predictions(path: str | Path, *, shots: int | None = None, items: pl.Da
     if table["key"].null_count():
         row = table.filter(pl.col("key").is_null())["row"][0]
         raise UserError(f"{path} row {row}: field {key_col!r} is empty")
-    dup = table.filter(pl.col("key").is_duplicated())
-    if dup.height:
-        raise UserError(f"{path} row {dup['row'][0]}: {key_col} {dup['key'][0]!r} appears {dup.filter(pl.col('key') == dup['key'][0]).height} times; one prediction per item")
+    repeat = table.filter(~pl.col("key").is_first_distinct())
+    if repeat.height:
+        key = repeat["key"][0]
+        first = table.filter(pl.col("key") == key)
+        raise UserError(f"{path} row {repeat['row'][0]}: {key_col} {key!r} appears {first.height} times (first at row {first['row'][0]}); one prediction per item")
     if items is not None:
         table = _join_items(table, items, path)
     missing = table.filter(pl.col("answer").is_null() | ~pl.col("answer").str.contains(r"^[A-J]$"))
@@ -467,6 +469,7 @@ def mg_ml(
         if left:
             report.warnings.append(f"{p.name}: {left} of {p.table.height} items are not in every file and were left out")
     keep = pl.Series(sorted(common))
+    _check_same_answers(given, keep)
     scored = {k: score(p.table.filter(pl.col("key").is_in(keep.implode())), matcher=matcher) for k, p in given.items()}
     report.n_items = len(common)
     for name, p in given.items():
@@ -485,6 +488,21 @@ def mg_ml(
             target[v] = {"n": max(d.get(v, {}).get("n", 0) for d in per_run.values()), **_derived(row)}
     report.warnings.extend(shot_warnings(given))
     return report
+
+
+def _check_same_answers(given: dict[str, Predictions], keep: pl.Series) -> None:
+    """Runs of one benchmark agree on every key's answer; anything else is a user mix-up."""
+    names = list(given)
+    base = given[names[0]].table.filter(pl.col("key").is_in(keep.implode())).select("key", "answer")
+    for other in names[1:]:
+        t = given[other].table.filter(pl.col("key").is_in(keep.implode())).select("key", pl.col("answer").alias("answer_2"))
+        diff = base.join(t, on="key").filter(pl.col("answer") != pl.col("answer_2"))
+        if diff.height:
+            r = diff.row(0, named=True)
+            raise UserError(
+                f"{given[names[0]].name} and {given[other].name} disagree on the answer of {diff.height} shared item(s) "
+                f"(e.g. index {r['key']!r}: {r['answer']} vs {r['answer_2']}); they are not runs of the same benchmark"
+            )
 
 
 def shot_warnings(runs: dict[str, Predictions]) -> list[str]:
@@ -583,4 +601,11 @@ def write_difficulty(workdir: str | Path, runs: list[Predictions], *, matcher: s
         table, matched = add_difficulty(items, counts)
     path = ws.write(stage, table)
     bins = {name: int((table["difficulty"] == name).sum()) for name, _ in DIFFICULTY_BINS}
-    return {"stage": stage, "path": str(path), "n_models": len(runs), "matched": matched, "unmatched": table.height - matched, "bins": bins}
+    known = set(table["item_id"].to_list()) | set(table["orig_index"].to_list())
+    unused = sum(1 for k in counts["key"].to_list() if k not in known)
+    if unused:
+        warnings.warn(f"{unused} predicted item(s) are not in the workspace (dropped at ingest or another source); ignored", stacklevel=2)
+    return {
+        "stage": stage, "path": str(path), "n_models": len(runs), "matched": matched,
+        "unmatched": table.height - matched, "unused_predictions": unused, "bins": bins,
+    }

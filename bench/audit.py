@@ -1,0 +1,184 @@
+"""Benchmark ``mmcurate audit``: SEED-Bench's 14,232 questions through a panel, with a projection.
+
+Prints ingest / screen / report times, samples/s (one sample = one question asked of one
+member, control questions included) and the projected time for MMStar's scale -- 22,401
+items x 8 members -- at the measured rate, for members run one after another (as ``screen``
+runs them) and for 8 endpoints serving in parallel.
+
+Two ways to measure the rate:
+
+* local (default): the given panel (default: the shipped offline panel, Qwen2.5-Coder-1.5B
+  via llama.cpp) audits ``--limit`` items of ``--source``;
+* ``--endpoint``: starts a real OpenAI-compatible server on 127.0.0.1 (``python -m
+  llama_cpp.server``, needs llama-cpp-python[server]) with the GGUF of ``--endpoint-model``
+  and audits through a one-member ``backend = "openai"`` panel, i.e. over HTTP exactly as a
+  vLLM panel would run (``--concurrency`` parallel requests).
+
+The full run (no ``--limit``, default panel) takes hours on 2 CPU cores; ``--limit 200``
+gives the rate in a few minutes. Each run uses a fresh cache, so the rate is never a cache hit
+rate. Only one process on the machine may load the 1.5B model at a time.
+
+    python bench/audit.py --limit 200
+    python bench/audit.py --endpoint --endpoint-model package:smollm2-135m-instruct --limit 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SEED = REPO.parent / "shared" / "data" / "text_pools" / "SEEDBench_IMG_vila13b.xlsx"
+MMSTAR_POOL_ITEMS = 22_401
+MMSTAR_MEMBERS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(model_file: Path, port: int, threads: int) -> subprocess.Popen:
+    """A llama.cpp OpenAI-compatible server on 127.0.0.1 (logits for every token, so logprobs work)."""
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model_file), "--host", "127.0.0.1", "--port", str(port),
+        "--n_threads", str(threads), "--logits_all", "true", "--n_ctx", "2048",
+    ]
+    # The server logs a lot at load time: into a file, never an unread pipe (a full pipe blocks it).
+    log = open(tempfile.mkstemp(prefix="mmcurate-llama-server-", suffix=".log")[1], "w+b")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # bounded readiness loop
+        if proc.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"llama_cpp.server exited with {proc.returncode}: {log.read().decode(errors='replace')[-1500:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("llama_cpp.server did not become ready within 120 s")
+
+
+def _endpoint_panel(base_url: str, served_model: str, concurrency: int, control_size: int, method: str):
+    from filters.panel import panel_from_dict
+
+    return panel_from_dict(
+        {
+            "panel": {"name": "endpoint-bench", "max_hits": 0, "control_size": control_size, "at_chance": "count"},
+            "member": [{"name": "endpoint", "backend": "openai", "base_url": base_url, "model": served_model, "method": method, "concurrency": concurrency, "shots": 0}],
+        },
+        source="bench-endpoint",
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", type=Path, default=SEED, help="benchmark file (default: SEED-Bench, 14,232 questions)")
+    ap.add_argument("--panel", type=Path, default=None, help="panel.toml (default: the shipped offline panel)")
+    ap.add_argument("--limit", type=int, default=None, help="audit only the first N items (default: all)")
+    ap.add_argument("--report", type=Path, default=None, help="report folder (default: a fresh temporary folder)")
+    ap.add_argument("--endpoint", action="store_true", help="measure through a local OpenAI-compatible llama.cpp server")
+    ap.add_argument("--endpoint-model", default="package:smollm2-135m-instruct", help="GGUF file or package:<id> for --endpoint")
+    ap.add_argument("--concurrency", type=int, default=2, help="parallel HTTP requests for --endpoint")
+    ap.add_argument("--endpoint-method", default="loglik", choices=("loglik", "generate"),
+                    help="how the --endpoint member is asked (a model whose first token after 'Answer:' is end-of-text gets no logprobs from llama.cpp: use generate)")
+    ap.add_argument("--threads", type=int, default=2, help="server threads for --endpoint")
+    ap.add_argument("--control-size", type=int, default=20, help="control questions for the --endpoint panel")
+    args = ap.parse_args()
+
+    from curate.audit import audit_table, resolve_panel, summarize
+    from curate.ingest import ingest
+    from curate.report import write_report
+
+    report = args.report or Path(tempfile.mkdtemp(prefix="mmcurate-bench-audit-"))
+    report.mkdir(parents=True, exist_ok=True)
+    work = report / "workspace"
+    if (work / "screen_cache.sqlite").exists():
+        raise SystemExit(f"{work}/screen_cache.sqlite exists: a cached run would measure cache hits; use a fresh --report folder")
+
+    t0 = time.perf_counter()
+    items = ingest([args.source], out=work)
+    t_ingest = time.perf_counter() - t0
+    n_items = items.height if args.limit is None else min(args.limit, items.height)
+    print(f"ingest: {items.height} items from {args.source.name} in {t_ingest:.1f} s ({items.height / t_ingest:.0f} items/s)")
+
+    server = None
+    try:
+        if args.endpoint:
+            from filters.backends import model_file
+            from filters.panel import Member
+
+            gguf = model_file(Member(name="x", model=args.endpoint_model, backend="llamacpp"))
+            port = _free_port()
+            t = time.perf_counter()
+            server = _start_server(gguf, port, args.threads)
+            print(f"endpoint: llama_cpp.server on 127.0.0.1:{port} with {gguf.name}, ready in {time.perf_counter() - t:.1f} s")
+            panel = _endpoint_panel(f"http://127.0.0.1:{port}/v1", str(gguf), args.concurrency, args.control_size, args.endpoint_method)
+        else:
+            panel = resolve_panel(args.panel)
+        n_members = len(panel.members)
+        controls = panel.control_size * n_members
+
+        t0 = time.perf_counter()
+        table, info, threshold = audit_table([work], panel=panel, workdir=work, limit=args.limit, progress=True)
+        t_screen = time.perf_counter() - t0
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    t0 = time.perf_counter()
+    summary = summarize(table, threshold=threshold, panel_info=info, label=args.source.name)
+    write_report(summary, report)
+    t_report = time.perf_counter() - t0
+
+    samples = n_items * n_members + controls
+    rate = samples / t_screen
+    total = MMSTAR_POOL_ITEMS * MMSTAR_MEMBERS
+    seq_h = total / rate / 3600
+    figures = {
+        "source": args.source.name,
+        "items": n_items,
+        "members": n_members,
+        "mode": f"endpoint (OpenAI-compatible HTTP, llama.cpp server, {args.endpoint_method})" if args.endpoint else "local panel",
+        "screen_seconds": round(t_screen, 1),
+        "samples": samples,
+        "samples_per_s": round(rate, 3),
+        "report_seconds": round(t_report, 2),
+        "blind_share": summary["blind_share"],
+        "projected_hours_22401x8_sequential": round(seq_h, 2),
+        "projected_hours_22401x8_8_parallel_endpoints": round(seq_h / MMSTAR_MEMBERS, 2),
+    }
+    print(f"screen: {samples} samples ({n_items} items x {n_members} member(s) + {controls} controls) in {t_screen:.1f} s -> {rate:.2f} samples/s")
+    print(f"report: {report / 'report.html'} in {t_report:.2f} s; blind share {summary['blind_share']}")
+    print(
+        f"projection for {MMSTAR_POOL_ITEMS:,} items x {MMSTAR_MEMBERS} members at {rate:.2f} samples/s: "
+        f"{seq_h:.1f} h with members in turn, {seq_h / MMSTAR_MEMBERS:.1f} h with 8 endpoints in parallel "
+        "(a GPU vLLM endpoint's rate replaces this machine's; re-run with --endpoint against it via --panel)"
+    )
+    if args.limit is not None and args.limit < items.height:
+        print(f"projection for all {items.height:,} items of {args.source.name}: {items.height * n_members / rate / 3600:.1f} h")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

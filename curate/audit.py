@@ -1,0 +1,437 @@
+"""Audit a benchmark for vision dependence: how much of it a text-only panel answers blind.
+
+``audit`` = ingest -> screen (the text-only panel) -> rule filters -> :func:`summarize` ->
+HTML report + ``summary.json``. :func:`summarize` is a pure function of a screened table, so
+a workspace that was already screened (``screened.parquet``) is audited without asking any
+model again.
+
+Why confidence intervals and chance levels everywhere: a "12 % blind-answerable" figure
+means little on 40 items, and nothing without the share a guessing panel would reach on
+4-option questions. Every share comes with its 95 % Wilson interval and its chance level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.errors import UserError
+
+#: Columns the screening adds (per member ``m``: ``answer__m``, ``hit__m``, ``prob__m``, ``raw__m``).
+SCREEN_COLUMNS = ("hits", "n_members", "blind")
+RULE_CHECKS = ("answer_leak", "near_duplicate", "duplicate_image", "malformed")
+N_TOP_ITEMS = 25
+N_RULE_EXAMPLES = 5
+
+
+# ----------------------------------------------------------------------------------------
+# statistics
+# ----------------------------------------------------------------------------------------
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for ``k`` successes of ``n`` (None when ``n`` is 0).
+
+    Wilson, not the normal approximation, because blind shares are often near 0 where the
+    normal interval goes negative.
+    """
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (round(float(ci.low), 4), round(float(ci.high), 4))
+
+
+def blind_by_chance(n_options: int, n_members: int, threshold: int) -> float:
+    """P(more than ``threshold`` of ``n_members`` guessers hit) for one ``n_options`` item.
+
+    The blind share a panel of pure guessers would produce: the floor a real panel's share
+    should be read against.
+    """
+    from scipy.stats import binom
+
+    if n_options < 1 or n_members < 1:
+        return float("nan")
+    return float(binom.sf(threshold, n_members, 1.0 / n_options))
+
+
+def member_names(table: pl.DataFrame) -> list[str]:
+    """Panel members of a screened table, in column order (from ``answer__<m>`` columns)."""
+    return [c.split("__", 1)[1] for c in table.columns if c.startswith("answer__")]
+
+
+def infer_threshold(table: pl.DataFrame) -> int:
+    """The ``max_hits`` a screened table was judged with: the most hits any kept item has.
+
+    Used when no panel object is at hand (a table read from disk); with no kept item the
+    smallest blind item's hits minus one.
+    """
+    kept = table.filter(~pl.col("blind").fill_null(False))
+    if kept.height and kept["hits"].max() is not None:
+        return int(kept["hits"].max())
+    blind = table.filter(pl.col("blind").fill_null(False))
+    return max(0, int(blind["hits"].min()) - 1) if blind.height else 0
+
+
+def _share(table: pl.DataFrame, flag: str, *, threshold: int | None = None) -> dict[str, Any]:
+    n = table.height
+    k = int(table[flag].fill_null(False).sum()) if n else 0
+    out: dict[str, Any] = {"n": n, "k": k, "share": round(k / n, 4) if n else None, "ci95": wilson(k, n)}
+    if n and "options" in table.columns:
+        n_opts = table["options"].list.len()
+        out["chance_hit"] = round(float((1.0 / n_opts.cast(pl.Float64)).mean()), 4)
+        if threshold is not None and "n_members" in table.columns:
+            probs = [blind_by_chance(o, m or 0, threshold) for o, m in zip(n_opts.to_list(), table["n_members"].to_list())]
+            probs = [p for p in probs if not math.isnan(p)]
+            out["chance_blind"] = round(sum(probs) / len(probs), 4) if probs else None
+    return out
+
+
+def _group_shares(table: pl.DataFrame, column: str, flag: str, threshold: int | None) -> dict[str, dict]:
+    if column not in table.columns or table[column].null_count() == table.height:
+        return {}
+    out = {}
+    for (value,), group in sorted(table.group_by(column), key=lambda g: (g[0][0] is None, str(g[0][0]))):
+        out["(none)" if value is None else str(value)] = _share(group, flag, threshold=threshold)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# summary
+# ----------------------------------------------------------------------------------------
+def check_screened(table: pl.DataFrame, what: str = "table") -> None:
+    """A screened table has the panel's verdict columns; say which are missing and why it matters."""
+    missing = [c for c in SCREEN_COLUMNS if c not in table.columns]
+    if missing or not member_names(table):
+        raise UserError(
+            f"{what} lacks the screening columns {missing or ['answer__<member>']}; "
+            "run the screening first (`mmcurate screen WORKDIR`) or audit the source files directly"
+        )
+
+
+def summarize(
+    table: pl.DataFrame,
+    *,
+    threshold: int | None = None,
+    panel_info: dict[str, Any] | None = None,
+    label: str | None = None,
+    n_top: int = N_TOP_ITEMS,
+) -> dict[str, Any]:
+    """The audit summary of one screened table (plain JSON-able data; shares are fractions 0-1).
+
+    Keys: ``blind_share`` (overall fraction of items the panel answered blind),
+    ``blind`` (the same with n, k, 95 % CI and chance levels), ``by_source``,
+    ``by_category`` (MMStar capability), ``by_dimension`` (MMStar dimension),
+    ``by_source_category``, ``by_n_options``, ``members`` (each member's blind accuracy vs
+    chance), ``hit_histogram``, ``rules`` (rule-filter findings), ``top_items``.
+    """
+    check_screened(table)
+    members = member_names(table)
+    if threshold is None:
+        threshold = infer_threshold(table)
+    blind = _share(table, "blind", threshold=threshold)
+    n_members = int(table["n_members"].max() or len(members)) if table.height else len(members)
+
+    reports = {r["name"]: r for r in ((panel_info or {}).get("screen_report") or {}).get("members", [])}
+    member_rows = {}
+    for m in members:
+        hit = f"hit__{m}"
+        answered = table.filter(pl.col(f"answer__{m}").is_not_null()) if f"answer__{m}" in table.columns else table
+        row = _share(table.filter(pl.col(hit).is_not_null()), hit)
+        row["no_answer"] = table.height - answered.height
+        if row.get("chance_hit") is not None and row["ci95"]:
+            row["above_chance"] = row["ci95"][0] > row["chance_hit"]
+        rep = reports.get(m)
+        if rep:
+            row["counted"] = rep.get("counted")
+            row["chance_hit_panel"] = rep.get("expected_chance_hit_rate")
+            row["chance_hit_biased"] = rep.get("expected_biased_hit_rate")
+            comp = rep.get("competence")
+            if comp:
+                row["competence"] = {k: comp.get(k) for k in ("n", "correct", "accuracy", "ci_low", "ci_high", "chance", "at_chance")}
+        member_rows[m] = row
+
+    hist_counts = dict(table.group_by("hits").len().iter_rows())
+    histogram = [{"hits": h, "items": int(hist_counts.get(h, 0))} for h in range(0, n_members + 1)]
+    if any(h is None for h in hist_counts):
+        histogram.append({"hits": None, "items": int(hist_counts[None])})
+
+    summary: dict[str, Any] = {
+        "label": label,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_items": table.height,
+        "sources": sorted(set(table["source"].drop_nulls().to_list())) if "source" in table.columns else [],
+        "panel": {**(panel_info or {}), "members": members, "n_members": n_members, "max_hits": threshold},
+        "blind_rule": f"blind when more than {threshold} of {n_members} members answer right without the image",
+        "blind_share": blind["share"],
+        "blind": blind,
+        "by_source": _group_shares(table, "source", "blind", threshold),
+        "by_category": _group_shares(table, "category", "blind", threshold),
+        "by_dimension": _group_shares(table, "l2_category", "blind", threshold),
+        "by_source_category": _group_shares(table, "source_category", "blind", threshold),
+        "by_n_options": _group_shares(table.with_columns(pl.col("options").list.len().cast(pl.String).alias("_n_options")), "_n_options", "blind", threshold)
+        if "options" in table.columns
+        else {},
+        "members": member_rows,
+        "hit_histogram": histogram,
+        "rules": rule_findings(table),
+        "top_items": top_items(table, members, n=n_top),
+    }
+    return summary
+
+
+def rule_findings(table: pl.DataFrame, n_examples: int = N_RULE_EXAMPLES) -> dict[str, Any]:
+    """Counts and examples of each rule check present in the table (empty when rules did not run)."""
+    out: dict[str, Any] = {}
+    for check in RULE_CHECKS:
+        flag = f"{check}_flag"
+        if flag not in table.columns:
+            continue
+        flagged = table.filter(pl.col(flag).fill_null(False))
+        cols = [c for c in ("item_id", "source", "question", "options", "answer", f"{check}_reason", f"{check}_score", f"{check}_group") if c in table.columns]
+        examples = []
+        for r in flagged.select(cols).head(n_examples).iter_rows(named=True):
+            examples.append({
+                "item_id": r.get("item_id"),
+                "question": r.get("question"),
+                "options": r.get("options"),
+                "answer": r.get("answer"),
+                "reason": r.get(f"{check}_reason"),
+                "score": r.get(f"{check}_score"),
+                "group": r.get(f"{check}_group"),
+            })
+        entry = {"flagged": flagged.height, "share": round(flagged.height / table.height, 4) if table.height else None, "examples": examples}
+        if f"{check}_drop" in table.columns:
+            entry["dropping"] = int(table[f"{check}_drop"].fill_null(False).sum())
+        out[check] = entry
+    if "rule_drop" in table.columns:
+        out["rule_drop"] = {"dropped": int(table["rule_drop"].fill_null(False).sum()), "n": table.height}
+    return out
+
+
+def top_items(table: pl.DataFrame, members: Sequence[str], n: int = N_TOP_ITEMS) -> list[dict[str, Any]]:
+    """The most blind-answerable items: most hits first, then the panel's mean confidence.
+
+    ``prob__<m>`` is averaged where present (its exact meaning is the screening's; higher
+    means the member was surer), so among items every member got right the ones answered
+    most confidently come first.
+    """
+    prob_cols = [f"prob__{m}" for m in members if f"prob__{m}" in table.columns and table.schema[f"prob__{m}"].is_numeric()]
+    t = table.with_columns(
+        (pl.mean_horizontal(prob_cols) if prob_cols else pl.lit(None, pl.Float64)).alias("_mean_prob")
+    ).sort(["hits", "_mean_prob", "item_id"], descending=[True, True, False], nulls_last=True)
+    out = []
+    for r in t.head(n).iter_rows(named=True):
+        out.append({
+            "item_id": r.get("item_id"),
+            "source": r.get("source"),
+            "category": r.get("l2_category") or r.get("category") or r.get("source_category"),
+            "question": r.get("question"),
+            "hint": r.get("hint"),
+            "options": r.get("options"),
+            "answer": r.get("answer"),
+            "hits": r.get("hits"),
+            "blind": r.get("blind"),
+            "reason": r.get("screen_reason"),
+            "members": {
+                m: {
+                    "answer": r.get(f"answer__{m}"),
+                    "hit": r.get(f"hit__{m}"),
+                    "prob": None if r.get(f"prob__{m}") is None or not isinstance(r.get(f"prob__{m}"), (int, float)) else round(float(r[f"prob__{m}"]), 4),
+                    "raw": (str(r.get(f"raw__{m}"))[:200] if r.get(f"raw__{m}") is not None else None),
+                }
+                for m in members
+            },
+        })
+    return out
+
+
+def compare_summaries(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    """Side-by-side figures of two audits (e.g. a pool before and after curation)."""
+    def fig(s: dict) -> dict:
+        return {
+            "label": s.get("label"),
+            "n_items": s["n_items"],
+            "blind_share": s["blind_share"],
+            "ci95": s["blind"]["ci95"],
+            "chance_blind": s["blind"].get("chance_blind"),
+            "members": {m: v["share"] for m, v in s["members"].items()},
+            "rules": {c: v.get("flagged") for c, v in s["rules"].items() if c in RULE_CHECKS},
+        }
+
+    a, b = fig(left), fig(right)
+    delta = None
+    if a["blind_share"] is not None and b["blind_share"] is not None:
+        delta = round(b["blind_share"] - a["blind_share"], 4)
+    dims = sorted(set(left.get("by_dimension", {})) | set(right.get("by_dimension", {})))
+    cats = sorted(set(left.get("by_category", {})) | set(right.get("by_category", {})))
+    return {
+        "left": a,
+        "right": b,
+        "delta_blind_share": delta,
+        "by_category": {c: [left.get("by_category", {}).get(c, {}).get("share"), right.get("by_category", {}).get(c, {}).get("share")] for c in cats},
+        "by_dimension": {d: [left.get("by_dimension", {}).get(d, {}).get("share"), right.get("by_dimension", {}).get(d, {}).get("share")] for d in dims},
+        "right_summary": right,
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# the pipeline
+# ----------------------------------------------------------------------------------------
+def load_items(sources: Iterable[str | Path], *, workdir: Path) -> pl.DataFrame:
+    """Items to audit: a workspace folder (its newest stage), a stage parquet, or benchmark files to ingest.
+
+    Benchmark files are ingested into ``workdir`` so the report folder keeps the exact items
+    (and the ledger of what ingest dropped) that the figures are about.
+    """
+    from curate.workspace import Workspace, read_parquet_checked
+
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise UserError("no SOURCE given; pass benchmark files or a workspace folder")
+    if len(sources) == 1 and sources[0].is_dir() and any((sources[0] / f).is_file() for f in ("items.parquet", "screened.parquet")):
+        ws = Workspace(sources[0])
+        return ws.read(ws.newest())
+    if len(sources) == 1 and sources[0].suffix == ".parquet" and sources[0].name in ("items.parquet", "screened.parquet", "reviewed.parquet", "balanced.parquet"):
+        return read_parquet_checked(sources[0])
+    from curate.ingest import ingest
+
+    return ingest(sources, out=workdir)
+
+
+def screen_items(
+    items: pl.DataFrame,
+    panel: Any,
+    *,
+    cache_path: Path,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """Ask the text-only panel about every item (``filters.screen``); returns the table and the screen report.
+
+    The screen report carries each member's competence on text-answerable controls, which the
+    audit shows beside its verdicts. A table that is already screened is returned as is.
+    """
+    if all(c in items.columns for c in SCREEN_COLUMNS) and member_names(items):
+        return items, None
+    try:
+        from filters.screen import screen_with_report
+    except ImportError as exc:
+        raise UserError(f"the screening stage (filters/screen.py) is not available in this install ({exc}); audit a screened workspace instead") from exc
+    table, report = screen_with_report(items, panel, cache_path=cache_path, limit=limit, members=members, progress=progress)
+    return table, report.as_dict()
+
+
+def apply_rules(table: pl.DataFrame, panel_path: str | Path | None = None) -> pl.DataFrame:
+    """Run the rule filters (answer leak, duplicates, malformed) unless their columns are present."""
+    if "rule_drop" in table.columns or any(f"{c}_flag" in table.columns for c in RULE_CHECKS):
+        return table
+    from filters.rules import RuleConfig, run_rules
+
+    config = RuleConfig.from_toml(panel_path) if panel_path is not None else RuleConfig()
+    return run_rules(table, config)
+
+
+def resolve_panel(panel: Any) -> Any:
+    """A Panel object, a path to panel.toml, or None for the default panel."""
+    from filters.panel import Panel, load_panel
+
+    if isinstance(panel, Panel):
+        return panel
+    return load_panel(panel)
+
+
+def _panel_info(panel: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for attr in ("name", "source", "config_hash"):
+        if hasattr(panel, attr):
+            info["hash" if attr == "config_hash" else attr] = getattr(panel, attr)
+    if hasattr(panel, "members"):
+        info["models"] = {m.name: {"backend": m.backend, "model": m.model, "method": m.method, "shots": m.shots} for m in panel.members}
+    return info
+
+
+def audit_table(
+    sources: Sequence[str | Path],
+    *,
+    panel: Any,
+    workdir: Path,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    rules: bool = True,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, dict[str, Any], int | None]:
+    """Ingest + screen + rules for one benchmark; returns the table, panel info and threshold."""
+    items = load_items(sources, workdir=workdir)
+    if limit is not None:
+        items = items.head(limit)
+    already = all(c in items.columns for c in SCREEN_COLUMNS) and bool(member_names(items))
+    threshold = None
+    info: dict[str, Any] = {}
+    if already:
+        table = items
+    else:
+        panel_obj = resolve_panel(panel)
+        info = _panel_info(panel_obj)
+        workdir.mkdir(parents=True, exist_ok=True)
+        table, report = screen_items(items, panel_obj, cache_path=workdir / "screen_cache.sqlite", members=members, progress=progress)
+        if report is not None:
+            info["screen_report"] = report
+            threshold = report.get("threshold")
+    if rules:
+        panel_path = panel if isinstance(panel, (str, Path)) else None
+        table = apply_rules(table, panel_path)
+    if not already and (workdir / "items.parquet").is_file():
+        from curate.workspace import Workspace
+
+        Workspace(workdir).write("screened", table)  # the exact table the report describes
+    return table, info, threshold
+
+
+def audit(
+    sources: Sequence[str | Path],
+    *,
+    panel: Any = None,
+    report_dir: str | Path,
+    compare: Sequence[str | Path] | None = None,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    rules: bool = True,
+    progress: bool = True,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Screen ``sources`` with ``panel`` and write ``report_dir/report.html`` + ``summary.json``.
+
+    ``sources``: benchmark files (any format ingest reads), a workspace folder, or a stage
+    parquet; an already screened table is not screened again. ``panel``: a Panel, a path to
+    panel.toml or None (the default offline panel). ``compare``: a second benchmark audited
+    the same way and shown side by side. Returns the summary dict (also in summary.json).
+    """
+    from curate.report import write_report
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table, info, threshold = audit_table(sources, panel=panel, workdir=report_dir / "workspace", limit=limit, members=members, rules=rules, progress=progress)
+    label = _label(sources)
+    summary = summarize(table, threshold=threshold, panel_info=info, label=label)
+    if compare:
+        other, info2, threshold2 = audit_table(compare, panel=panel, workdir=report_dir / "workspace_compare", limit=limit, members=members, rules=rules, progress=progress)
+        summary["compare"] = compare_summaries(summary, summarize(other, threshold=threshold2, panel_info=info2, label=_label(compare)))
+    write_report(summary, report_dir, title=title)
+    return summary
+
+
+def _label(sources: Sequence[str | Path]) -> str:
+    names = [Path(s).name for s in sources]
+    return ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+
+
+def write_summary_json(summary: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    return path
