@@ -1,0 +1,116 @@
+"""``mmcurate review ...``: human review of the survivors in a real Label Studio.
+
+serve -> push -> (reviewers annotate in the browser) -> status -> pull. Each command maps flags,
+calls one library function and prints a short summary; the API token is never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+review_app = typer.Typer(name="review", help="Human review in Label Studio: serve, push, status, pull.", no_args_is_help=True)
+console = Console()
+
+WorkdirArg = typer.Argument(..., help="Workspace folder (items.parquet / screened.parquet).")
+UrlOpt = typer.Option(None, "--url", help="Label Studio URL (default: the server `review serve` started, else http://127.0.0.1:8080). Token: LABEL_STUDIO_API_KEY or the workspace secret.")
+ProjectOpt = typer.Option("mmcurate review", "--project", help="Label Studio project title.")
+
+
+@review_app.command("serve")
+def serve(
+    workdir: Path = WorkdirArg,
+    port: int = typer.Option(8080, "--port", help="Port on 127.0.0.1 (refused when busy)."),
+    detach: bool = typer.Option(False, "--detach", help="Leave the server running in the background (stop it with `review stop`)."),
+) -> None:
+    """Start a local Label Studio bound to 127.0.0.1 with its data inside WORKDIR."""
+    from annotation.server import secret_path, start_server
+
+    with console.status("starting Label Studio (the first start of a workspace migrates its database, ~1 min)"):
+        server = start_server(workdir, port)
+    console.print(f"Label Studio: [bold]{server.url}[/]  (login and API token in {secret_path(workdir)}, readable only by you)")
+    if detach:
+        return
+    console.print("Ctrl-C stops it.")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@review_app.command("stop")
+def stop(workdir: Path = WorkdirArg) -> None:
+    """Stop the server `review serve --detach` started for WORKDIR."""
+    from annotation.server import stop_recorded
+
+    console.print("stopped" if stop_recorded(workdir) else "no server recorded for this workspace")
+
+
+@review_app.command("push")
+def push(
+    workdir: Path = WorkdirArg,
+    url: str | None = UrlOpt,
+    project: str = ProjectOpt,
+    images: str = typer.Option("auto", "--images", help="auto | inline (base64 in the task) | local (files served from the workspace)."),
+) -> None:
+    """Import the review candidates as tasks (again: only the ones not there yet)."""
+    from rich.progress import Progress
+
+    from annotation.client import connect, push_workspace
+
+    client = connect(workdir, url)
+    with Progress(console=console, transient=True) as bar:
+        job = bar.add_task("pushing", total=None)
+        result = push_workspace(workdir, client, project, image_mode=images, on_batch=lambda done, todo: bar.update(job, completed=done, total=todo))
+    console.print(
+        f"project {project!r} (id {result.project_id}) at {client.url}: {result.pushed} new tasks, "
+        f"{result.already} already there, {result.total} candidates; images {result.image_mode}"
+    )
+
+
+@review_app.command("status")
+def status(workdir: Path = WorkdirArg, url: str | None = UrlOpt, project: str = ProjectOpt) -> None:
+    """Tasks, annotated tasks and annotations per reviewer."""
+    from annotation.client import connect
+
+    client = connect(workdir, url)
+    st = client.status(client.project_id(project), project)
+    console.print(f"project {project!r} (id {st.project_id}): {st.tasks} tasks, {st.annotated} annotated, {st.annotations} annotations")
+    table = Table("reviewer", "annotations")
+    for who, n in st.per_annotator.items():
+        table.add_row(who, str(n))
+    console.print(table)
+
+
+@review_app.command("pull")
+def pull(
+    workdir: Path = WorkdirArg,
+    url: str | None = UrlOpt,
+    project: str = ProjectOpt,
+    min_reviewers: int = typer.Option(3, "--min-reviewers", help="Reviewers needed before an item can be kept (MMStar: 3)."),
+) -> None:
+    """Export verdicts, decide each item, write reviewed.parquet and review_agreement.json."""
+    from annotation.client import connect
+    from annotation.verdicts import pull as pull_verdicts
+
+    result = pull_verdicts(workdir, connect(workdir, url), project, min_reviewers=min_reviewers)
+    console.print(f"reviewed.parquet: {result.table.height} rows; " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
+    table = Table("question", "Fleiss' kappa", "items (>=2 reviewers)", "all agree")
+    for q in ("needs_image", "key_correct", "dimension"):
+        a = result.agreement[q]
+        table.add_row(q, _fmt(a["fleiss_kappa"]), str(a["n_items"]), _fmt(a["all_agree_share"]))
+    console.print(table)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `mmcurate review ...` to the main app."""
+    app.add_typer(review_app, name="review")

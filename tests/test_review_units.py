@@ -1,0 +1,220 @@
+"""Fast tests of the review stage's pure parts on real items: config, tasks, verdicts, kappa."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import polars as pl
+import pytest
+
+from annotation.config import CONTROLS, dimension_choices, is_ours, labeling_config
+from annotation.tasks import (
+    ImagePlan,
+    item_to_task,
+    local_file_url,
+    member_columns,
+    needs_image_guess,
+    options_text,
+    plan_images,
+    review_mask,
+)
+from annotation.verdicts import collect_verdicts, decide, fleiss_kappa
+from curate.errors import UserError
+from curate.taxonomy import default_taxonomy
+from tests.ls_fixture import mmbench_workspace
+
+
+@pytest.fixture(scope="module")
+def mmbench(shared_data, tmp_path_factory) -> pl.DataFrame:
+    ws = mmbench_workspace(shared_data, tmp_path_factory.mktemp("mmbench"))
+    return pl.read_parquet(ws / "items.parquet")
+
+
+# -- config ------------------------------------------------------------------------------
+def test_config_lists_the_18_dimensions_grouped_by_capability_in_taxonomy_order():
+    xml = labeling_config()
+    tax = default_taxonomy()
+    assert dimension_choices(xml) == [d.name for d in tax.dimensions]
+    root = ET.fromstring(xml)
+    dims = next(el for el in root.iter("Choices") if el.get("name") == "dimension")
+    groups = [(g.find("Header").get("value"), [c.get("value") for c in g.iter("Choice")]) for g in dims.findall("View")]
+    assert groups == [(c.name, [d.name for d in c.dimensions]) for c in tax.capabilities]
+    names = {el.get("name"): el for el in root.iter() if el.get("toName")}
+    assert set(CONTROLS) == set(names)
+    assert [c.get("value") for c in names["corrected_key"].iter("Choice")] == list("ABCDEFGHIJ")
+    assert root.find("Image").get("valueList") == "$images"  # several images per task
+    assert is_ours(xml) and not is_ours('<View><Text name="t" value="$t"/></View>') and not is_ours("not xml <")
+
+
+# -- tasks -------------------------------------------------------------------------------
+def test_task_carries_the_item_image_bytes_and_marks_the_key(mmbench):
+    row = mmbench.row(0, named=True)
+    task = item_to_task(row, ImagePlan("inline"))
+    data = task["data"]
+    assert data["item_id"] == row["item_id"]
+    uri = data["images"][0]
+    assert uri.startswith("data:image/jpeg;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]) == row["images"][0]["bytes"]
+    key_line = [line for line in data["options_text"].splitlines() if line.endswith("<-- KEY")]
+    assert key_line == [f"{row['answer']}. {row['options']['ABCD'.index(row['answer'])]}   <-- KEY"]
+    assert options_text(["x", "y"], "b") == "A. x\nB. y   <-- KEY"
+    assert "predictions" not in task  # MMBench samples have no dimension and no screening: nothing to suggest
+
+
+def test_predictions_use_l2_category_then_the_classifier_column_and_the_hit_share(mmbench):
+    rows = mmbench.head(3).with_columns(
+        l2_category=pl.Series([None, "recognition", "no such dimension"]),
+        suggested_l2_category=pl.Series(["image emotion", "localization", "geometry"]),
+        hits=pl.Series([0, 1, 5]),
+        n_members=pl.Series([8, 8, 8]),
+        answer__smollm2=pl.Series(["A", "B", "C"]),
+        hit__smollm2=pl.Series([True, False, None]),
+    )
+    tasks = [item_to_task(r, ImagePlan("inline"), members=member_columns(rows.columns)) for r in rows.iter_rows(named=True)]
+    got = [{r["from_name"]: r["value"]["choices"][0] for r in t["predictions"][0]["result"]} for t in tasks]
+    assert got == [
+        {"dimension": "image emotion", "needs_image": "yes"},
+        {"dimension": "recognition", "needs_image": "yes"},  # 1/8 hits: still guessed to need the image
+        {"dimension": "geometry", "needs_image": "no"},  # invalid l2 ignored; 5/8 hits
+    ]
+    assert "0 of 8 text-only panel members" in tasks[0]["data"]["evidence"]
+    assert "smollm2: A (correct)" in tasks[0]["data"]["evidence"]
+    assert "smollm2: B (wrong)" in tasks[1]["data"]["evidence"]
+    assert needs_image_guess({"hits": None, "n_members": None}) is None
+
+
+def test_local_files_refuse_paths_outside_the_workspace(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "review_images").mkdir(parents=True)
+    inside = ws / "review_images" / "a b.png"
+    inside.write_bytes(b"\x89PNG\r\n\x1a\nxx")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    assert local_file_url(inside, ws) == "/data/local-files/?d=review_images/a%20b.png"
+    with pytest.raises(UserError, match="outside the workspace"):
+        local_file_url(outside, ws)
+    with pytest.raises(UserError, match="outside the workspace"):
+        local_file_url(ws / "review_images" / ".." / ".." / "secret.png", ws)
+    os.symlink(outside, ws / "review_images" / "link.png")
+    with pytest.raises(UserError, match="outside the workspace"):
+        local_file_url(ws / "review_images" / "link.png", ws)
+    row = {"item_id": "x:1", "images": [{"bytes": None, "path": str(outside)}], "options": ["a", "b"], "answer": "A"}
+    with pytest.raises(UserError, match="outside the workspace"):
+        item_to_task(row, ImagePlan("local", ws.resolve()))
+
+
+def test_auto_image_mode_inlines_small_pools_and_writes_large_ones_into_the_workspace(mmbench, tmp_path, monkeypatch):
+    assert plan_images(mmbench, "auto", tmp_path).mode == "inline"
+    import annotation.tasks as tasks_mod
+
+    monkeypatch.setattr(tasks_mod, "INLINE_LIMIT_BYTES", 1000)
+    plan = plan_images(mmbench, "auto", tmp_path)
+    assert plan.mode == "local"
+    task = item_to_task(mmbench.row(0, named=True), plan)
+    url = task["data"]["images"][0]
+    rel = url.split("?d=", 1)[1]
+    assert (tmp_path / rel).read_bytes() == mmbench.row(0, named=True)["images"][0]["bytes"]
+
+
+def test_review_mask_keeps_unscreened_items_and_drops_blind_and_rule_dropped():
+    df = pl.DataFrame({"item_id": list("abcd"), "blind": [False, True, None, False], "rule_drop": [None, False, False, True]})
+    assert review_mask(df) == [True, False, False, False]  # null blind: screening failed, never reviewed
+    assert review_mask(pl.DataFrame({"item_id": ["a", "b"]})) == [True, True]
+
+
+# -- verdicts ----------------------------------------------------------------------------
+def test_fleiss_kappa_matches_the_published_worked_example():
+    # Fleiss (1971) style table from Wikipedia's "Fleiss' kappa" article: 10 items, 14 raters, 5 categories -> 0.210
+    table = [
+        [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+    ]
+    ratings = [[cat for cat, n in enumerate(row) for _ in range(n)] for row in table]
+    assert fleiss_kappa(ratings) == pytest.approx(0.2099, abs=5e-4)
+    assert fleiss_kappa([["y", "y"], ["y", "y"]]) is None  # chance agreement 1: undefined
+    assert fleiss_kappa([["y"]]) is None
+
+
+def _ann(i, who, needs, key, dim, fix=None, cancelled=False, stamp="2026-01-01T00:00:00Z"):
+    res = [
+        {"from_name": "needs_image", "value": {"choices": [needs]}},
+        {"from_name": "key_correct", "value": {"choices": [key]}},
+        {"from_name": "dimension", "value": {"choices": [dim]}},
+    ]
+    if fix:
+        res.append({"from_name": "corrected_key", "value": {"choices": [fix]}})
+    return {"id": i, "completed_by": who, "result": res, "was_cancelled": cancelled, "updated_at": stamp}
+
+
+def test_decision_rules_on_exported_annotations():
+    stage = pl.DataFrame(
+        {
+            "item_id": ["k", "t", "w", "q", "b"],
+            "source_file": ["f.tsv"] * 5,
+            "row": [1, 2, 3, 4, 5],
+            "blind": [False, False, False, False, True],
+            "suggested_l2_category": ["geometry", None, None, None, None],
+        }
+    )
+    emails = {1: "ann@x", 2: "bob@x", 3: "cy@x"}
+    tasks = [
+        {"data": {"item_id": "k"}, "annotations": [
+            _ann(1, 1, "yes", "yes", "geometry"), _ann(2, 2, "yes", "yes", "recognition"), _ann(3, 3, "yes", "yes", "recognition"),
+            _ann(4, 3, "no", "no", "recognition", cancelled=True),  # a skipped task is no verdict
+        ]},
+        {"data": {"item_id": "t"}, "annotations": [
+            _ann(5, 1, "yes", "yes", "geometry"), _ann(6, 2, "no", "yes", "geometry"), _ann(7, 3, "yes", "yes", "geometry"),
+        ]},
+        {"data": {"item_id": "w"}, "annotations": [
+            _ann(8, 1, "yes", "yes", "geometry"), _ann(9, 2, "yes", "no", "geometry", fix="C"), _ann(10, 3, "yes", "yes", "geometry"),
+            _ann(11, 2, "yes", "yes", "geometry", stamp="2025-01-01T00:00:00Z"),  # older: bob's later verdict wins
+        ]},
+        {"data": {"item_id": "q"}, "annotations": [_ann(12, 1, "yes", "yes", "geometry")]},
+    ]
+    res = decide(stage, tasks, emails, min_reviewers=3)
+    t = {r["item_id"]: r for r in res.table.iter_rows(named=True)}
+    assert (t["k"]["review_status"], t["k"]["review_kept"], t["k"]["review_dimension"]) == ("kept", True, "recognition")
+    assert t["k"]["review_capability"] == "fine-grained perception" and t["k"]["review_dimension_share"] == pytest.approx(2 / 3, abs=1e-3)
+    assert (t["t"]["review_status"], t["t"]["review_reason"], t["t"]["review_needs_image"]) == ("dropped", "reviewer_text_answerable", False)
+    assert (t["w"]["review_reason"], t["w"]["review_key_ok"], t["w"]["review_corrected_key"]) == ("reviewer_key_wrong", False, "C")
+    assert (t["q"]["review_status"], t["q"]["review_reason"], t["q"]["review_n"]) == ("quarantined", "awaiting_review", 1)
+    assert (t["b"]["review_status"], t["b"]["review_reason"], t["b"]["review_kept"]) == (None, "not_for_review", False)
+    led = {r["item_id"]: r for r in res.ledger.iter_rows(named=True)}
+    assert set(led) == {"k", "t", "w", "q"}
+    assert "bob@x says it is answerable without the image" in led["t"]["detail"]
+    assert "bob@x says key is wrong, should be C" in led["w"]["detail"]
+    assert json.loads(t["k"]["review_verdicts"])[0]["reviewer"] == "ann@x"
+    assert res.agreement["needs_image"]["n_items"] == 4 - 1  # q has one reviewer
+    assert set(res.agreement["dimension"]["cohen_kappa_pairs"]) == {"ann@x | bob@x", "ann@x | cy@x", "bob@x | cy@x"}
+    # with two reviewers required the single-reviewer item is still waiting; with one it is kept
+    assert decide(stage, tasks, emails, min_reviewers=1).table.filter(pl.col("item_id") == "q")["review_kept"].item() is True
+    with pytest.raises(UserError, match="min-reviewers"):
+        decide(stage, tasks, emails, min_reviewers=0)
+
+
+def test_tie_on_dimension_goes_to_the_suggestion_then_taxonomy_order():
+    tasks = [{"data": {"item_id": "a"}, "annotations": [_ann(1, 1, "yes", "yes", "geometry"), _ann(2, 2, "yes", "yes", "recognition")]}]
+    emails = {1: "a@x", 2: "b@x"}
+    assert len(collect_verdicts(tasks, emails)["a"]) == 2
+    with_hint = decide(pl.DataFrame({"item_id": ["a"], "l2_category": ["geometry"]}), tasks, emails, min_reviewers=2)
+    assert with_hint.table["review_dimension"].item() == "geometry"
+    no_hint = decide(pl.DataFrame({"item_id": ["a"]}), tasks, emails, min_reviewers=2)
+    assert no_hint.table["review_dimension"].item() == "recognition"  # recognition comes before geometry in the taxonomy
+
+
+def test_generated_secret_is_private_and_never_shown(tmp_path, monkeypatch):
+    from annotation.server import load_or_create_secret, resolve_token, secret_path
+
+    secret = load_or_create_secret(tmp_path)
+    assert len(secret.token) == 40 and int(secret.token, 16) >= 0
+    assert oct(os.stat(secret_path(tmp_path)).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(secret_path(tmp_path).parent).st_mode & 0o777) == "0o700"
+    assert load_or_create_secret(tmp_path) == secret  # stable once made
+    assert secret.token not in repr(secret) and secret.password not in repr(secret)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    assert resolve_token(tmp_path) == secret.token
+    with pytest.raises(UserError, match="no Label Studio API token"):
+        resolve_token(tmp_path / "elsewhere")
