@@ -106,25 +106,119 @@ def demo_config(workdir: Path) -> PipelineConfig:
     )
 
 
+def _fresh(ws, stage: str, upstream: str) -> bool:
+    """A stage file counts as done when it exists and is newer than the file it was made from."""
+    return ws.has(stage) and (not ws.has(upstream) or ws.path(stage).stat().st_mtime >= ws.path(upstream).stat().st_mtime)
+
+
 def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None = None, console: Console | None = None) -> None:
+    """Run the stages in order; each one is skipped when its output is already up to date."""
     console = console or Console()
     if until is not None and until not in STAGES:
         raise UserError(f"--until {until!r}: expected one of {', '.join(STAGES)}")
     if fresh and cfg.workdir.exists():
         shutil.rmtree(cfg.workdir)
-    from curate.ingest import ingest_to_workspace
     from curate.workspace import Workspace
 
     ws = Workspace(cfg.workdir, create=True)
-    console.rule("[bold]1. ingest")
-    if ws.has("items"):
-        console.print("items.parquet exists: skipped (use --fresh to start over)")
-    else:
-        result = ingest_to_workspace(cfg.sources, cfg.workdir, open_to_mcq=cfg.open_to_mcq, seed=cfg.seed)
-        from curate.cli_ingest import ingest_tables
+    steps = {"ingest": _ingest, "screen": _screen, "review": _review, "balance": _balance, "export": _export}
+    for n, stage in enumerate(STAGES, 1):
+        console.rule(f"[bold]{n}. {stage}")
+        if steps[stage](cfg, ws, console) is False:
+            break
+        if stage == until:
+            break
+    _summary(cfg, ws, console)
 
-        for table in ingest_tables(result):
-            console.print(table)
-        console.print(f"  -> {result.items} items in {ws.path('items')}")
-    if until == "ingest":
+
+def _ingest(cfg: PipelineConfig, ws, console: Console) -> None:
+    from curate.cli_ingest import ingest_tables
+    from curate.ingest import ingest_to_workspace
+
+    if ws.has("items"):
+        console.print("items.parquet exists: skipped (--fresh starts over)")
         return
+    result = ingest_to_workspace(cfg.sources, cfg.workdir, open_to_mcq=cfg.open_to_mcq, seed=cfg.seed)
+    for table in ingest_tables(result):
+        console.print(table)
+
+
+def _screen(cfg: PipelineConfig, ws, console: Console) -> None:
+    from filters.cli import print_summary
+    from filters.screen import screen_workspace
+
+    if _fresh(ws, "screened", "items"):
+        console.print("screened.parquet is up to date: skipped")
+        return
+    df, report = screen_workspace(cfg.workdir, cfg.panel, limit=cfg.screen_limit)
+    print_summary(report, df, console=console)
+
+
+def _review(cfg: PipelineConfig, ws, console: Console) -> bool | None:
+    """Push survivors and pull verdicts when a Label Studio server is configured or running."""
+    from annotation.server import recorded_url
+
+    url = cfg.review_url or recorded_url(cfg.workdir)
+    if url is None:
+        note = "reviewed.parquet from an earlier pull is used" if ws.has("reviewed") else "balance uses the screened items"
+        console.print(
+            "no Label Studio server configured ([review] url) or running (`mmcurate review serve`): "
+            f"human review skipped; {note}", highlight=False,
+        )
+        return None
+    from annotation.client import connect, push_workspace
+    from annotation.verdicts import pull
+
+    client = connect(cfg.workdir, url)
+    pushed = push_workspace(cfg.workdir, client, cfg.review_project)
+    console.print(f"pushed to {url}: {pushed}", highlight=False)
+    result = pull(cfg.workdir, client, cfg.review_project, min_reviewers=cfg.min_reviewers)
+    console.print(f"pulled: {result}", highlight=False)
+    return None
+
+
+def _balance(cfg: PipelineConfig, ws, console: Console) -> None:
+    from curate.balance import balance_workspace
+    from curate.cli_build import _counts, _shortfall
+
+    upstream = ws.newest(("reviewed", "screened", "items"))
+    if _fresh(ws, "balanced", upstream):
+        console.print("balanced.parquet is up to date: skipped")
+        return
+    res = balance_workspace(cfg.workdir, total=cfg.total, seed=cfg.seed, strict=cfg.strict)
+    console.print(_counts(res.selected))
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if res.shortfall.height:
+        console.print(_shortfall(res.shortfall))
+    console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {ws.path('balanced')}", highlight=False)
+
+
+def _export(cfg: PipelineConfig, ws, console: Console) -> None:
+    from curate.export import export_workspace
+
+    if cfg.export_dir is None:
+        console.print("no [export] to = ...: export skipped")
+        return
+    for fmt in cfg.export_formats:
+        stage, path = export_workspace(cfg.workdir, cfg.export_dir / fmt, fmt=fmt, overwrite=True)
+        console.print(f"{stage}.parquet -> {path} ({fmt})", highlight=False)
+
+
+def _summary(cfg: PipelineConfig, ws, console: Console) -> None:
+    import polars as pl
+    from rich.table import Table
+
+    ledger = ws.ledger()
+    if ledger.height == 0:
+        return
+    table = Table(title=f"{cfg.workdir}: what happened to every input row")
+    for col in ("stage", "kept", "dropped", "quarantined", "top reasons"):
+        table.add_column(col, justify="left" if col in ("stage", "top reasons") else "right")
+    for stage in ledger["stage"].unique(maintain_order=True).to_list():
+        part = ledger.filter(pl.col("stage") == stage)
+        counts = dict(part.group_by("status").len().iter_rows())
+        reasons = part.filter(pl.col("reason").is_not_null() & (pl.col("status") != "kept")).group_by("reason").len().sort("len", descending=True).head(3)
+        table.add_row(stage, *(str(counts.get(s, 0)) for s in ("kept", "dropped", "quarantined")),
+                      ", ".join(f"{r} {n}" for r, n in reasons.iter_rows()) or "-")
+    console.print(table)

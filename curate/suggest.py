@@ -128,7 +128,7 @@ def _pipeline(use_category: bool, seed: int):
     if use_category:
         parts.append(("category", TfidfVectorizer(tokenizer=_split_bar, token_pattern=None, lowercase=True), 2))
     features = ColumnTransformer(parts)
-    svm = LinearSVC(C=0.5, class_weight="balanced", random_state=seed)
+    svm = LinearSVC(C=0.5, class_weight="balanced", random_state=seed, max_iter=5000)  # default 1000 warns on SEED
     return Pipeline([("features", features), ("clf", CalibratedClassifierCV(svm, method="sigmoid", cv=3))])
 
 
