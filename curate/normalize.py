@@ -8,6 +8,7 @@ scope (an open question, a row without its image) raises ``Dropped``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -59,13 +60,19 @@ class NormalizeOptions:
     open_to_mcq: bool = False
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: ColumnPlan per distinct set of row keys (see ``_plan``); filled as rows arrive.
+    _plans: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 def _blank(v: Any) -> bool:
+    if type(v) is str:  # the common case first: most cells are text
+        return not v.strip()
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 
 def _text(v: Any) -> str | None:
+    if type(v) is str:  # fast path, same result as below: blank text -> None, else stripped
+        return v.strip() or None
     if _blank(v):
         return None
     if isinstance(v, float) and v.is_integer():
@@ -73,14 +80,55 @@ def _text(v: Any) -> str | None:
     return str(v).strip()
 
 
-def _get(data: dict, canonical: str, opts: NormalizeOptions) -> tuple[str | None, Any]:
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Which columns a row can take each field from, resolved once per header instead of per row.
+
+    A field's value is the first of its alias columns that is present and not blank; which
+    aliases are *present* depends only on the row's keys, and a table's keys are its fixed
+    header. Probing every alias of every field in every row was the main per-row cost of
+    text-only ingest, so the present ones are listed here once and rows only check blankness.
+    ``mapped`` holds the user's ``--map`` columns, which are taken as they are (even if blank).
+    """
+
+    mapped: dict[str, str]
+    aliases: dict[str, tuple[str, ...]]  # canonical -> present alias columns, in preference order
+    letters: tuple[str, ...]  # option columns A..J present in the row
+    source_category: tuple[str, ...]
+    source_l2: tuple[str, ...]
+
+
+_MAX_PLANS = 64  # JSON records may vary their keys; a few plans cover real files
+
+
+def _plan(data: dict, opts: NormalizeOptions) -> ColumnPlan:
+    """The ColumnPlan for ``data``'s keys (cached on ``opts``; built on first sight of a header)."""
+    keys = tuple(data)
+    plan = opts._plans.get(keys)
+    if plan is None:
+        if len(opts._plans) >= _MAX_PLANS:
+            opts._plans.clear()
+        present = set(keys)
+        plan = ColumnPlan(
+            mapped=dict(opts.column_map),
+            aliases={k: tuple(c for c in cols if c in present) for k, cols in FIELD_ALIASES.items()},
+            letters=tuple(L for L in LETTERS if L in present),
+            source_category=tuple(c for c in SOURCE_CATEGORY_ALIASES if c in present),
+            source_l2=tuple(c for c in SOURCE_L2_ALIASES if c in present),
+        )
+        opts._plans[keys] = plan
+    return plan
+
+
+def _get(data: dict, canonical: str, plan: ColumnPlan) -> tuple[str | None, Any]:
     """The (column, value) for a canonical field, honouring the user's column map."""
-    if canonical in opts.column_map:
-        col = opts.column_map[canonical]
+    col = plan.mapped.get(canonical)
+    if col is not None:
         return col, data.get(col)
-    for col in FIELD_ALIASES.get(canonical, (canonical,)):
-        if col in data and not _blank(data[col]):
-            return col, data[col]
+    for col in plan.aliases[canonical]:
+        value = data[col]
+        if (value.strip() if type(value) is str else not _blank(value)):  # str: _blank inlined
+            return col, value
     return None, None
 
 
@@ -88,14 +136,15 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surro
 
 
 def _check_text(value: str, field: str) -> str:
-    if _UNDECODABLE.search(value):
+    # ASCII text cannot hold surrogates: skip the regex for the common case.
+    if not value.isascii() and _UNDECODABLE.search(value):
         raise RowError("bad_encoding", field, f"field {field!r} is not valid UTF-8 text")
     return value
 
 
-def _options(data: dict, opts: NormalizeOptions, question: str) -> tuple[list[str], str, str]:
+def _options(data: dict, plan: ColumnPlan, question: str) -> tuple[list[str], str, str]:
     """Options as a list in letter order, plus the question (embedded options removed) and the field name."""
-    col, value = _get(data, "options", opts)
+    col, value = _get(data, "options", plan)
     if col is not None and not _blank(value):
         if isinstance(value, str):
             try:
@@ -107,9 +156,8 @@ def _options(data: dict, opts: NormalizeOptions, question: str) -> tuple[list[st
         if not isinstance(value, (list, tuple)):
             raise RowError("bad_options", col, f"field {col!r} must be a list of options, got {type(value).__name__}")
         return [_check_text(_text(v) or "", col) for v in value], question, col
-    letters = [L for L in LETTERS if L in data]
-    if letters:
-        present = [L for L in letters if not _blank(data[L])]
+    if plan.letters:
+        present = [L for L in plan.letters if not _blank(data[L])]
         if present:
             expected = list(LETTERS[: len(present)])
             if present != expected:
@@ -126,6 +174,9 @@ def _options(data: dict, opts: NormalizeOptions, question: str) -> tuple[list[st
     return [], question, "options"
 
 
+_LETTER_DECORATED = re.compile(r"\(?[A-J]\)?[.:]?")  # "(B)", "B.", "C:"
+
+
 def _answer_letter(raw: Any, options: list[str], field: str) -> str:
     text = _text(raw)
     if text is None:
@@ -135,7 +186,7 @@ def _answer_letter(raw: Any, options: list[str], field: str) -> str:
         if text.upper() not in letters:
             raise RowError("answer_not_in_options", field, f"answer {text!r} is not among the {len(options)} options ({letters[0]}-{letters[-1]})")
         return text.upper()
-    if re.fullmatch(r"\(?[A-J]\)?[.:]?", text):
+    if _LETTER_DECORATED.fullmatch(text):
         return _answer_letter(text.strip("().:"), options, field)
     if isinstance(raw, int) or text.isdigit():
         idx = int(text)  # integer label = index into the options (MMLU, HF datasets)
@@ -218,8 +269,13 @@ def _decode_images(refs: list[ImageRef], opts: NormalizeOptions) -> list[dict]:
     return images
 
 
+#: The encoder ``json.dumps(data, ensure_ascii=False, default=str, sort_keys=True)`` builds on
+#: every call, built once (same bytes; saves constructing an encoder per row).
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, sort_keys=True)
+
+
 def _meta(data: dict) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str, sort_keys=True)
+    return _META_ENCODER.encode(data)
 
 
 def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
@@ -227,7 +283,8 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
     if src.error is not None:
         raise src.error
     data = src.data
-    qcol, question = _get(data, "question", opts)
+    plan = _plan(data, opts)
+    qcol, question = _get(data, "question", plan)
     if qcol is None and "question" in opts.column_map:
         raise RowError("missing_field", opts.column_map["question"], f"column {opts.column_map['question']!r} (mapped to question) is missing")
     question = _text(question)
@@ -235,12 +292,12 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
         raise RowError("empty_question", qcol or "question", "the question is empty")
     question = _check_text(question, qcol or "question")
 
-    icol, index = _get(data, "index", opts)
+    icol, index = _get(data, "index", plan)
     orig_index = _text(index) or str(src.row)
     item_id = f"{opts.source}:{orig_index}"
 
-    options, question, ocol = _options(data, opts, question)
-    acol, answer = _get(data, "answer", opts)
+    options, question, ocol = _options(data, plan, question)
+    acol, answer = _get(data, "answer", plan)
     acol = acol or "answer"
     if not options:
         if opts.open_to_mcq:
@@ -252,7 +309,7 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
             raise RowError("too_few_options", ocol, f"only {len(options)} option(s); a multiple-choice item needs at least {MIN_OPTIONS}")
         if len(options) > MAX_OPTIONS:
             raise RowError("too_many_options", ocol, f"{len(options)} options; at most {MAX_OPTIONS} are supported")
-        if any(not o for o in options):
+        if "" in options:  # every option is text by now
             raise RowError("empty_option", ocol, "an option is empty")
         normed = [" ".join(o.lower().split()) for o in options]
         if len(set(normed)) != len(normed):
@@ -264,11 +321,12 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
     if src.has_image_column and not images and "_image_unavailable" not in data:
         raise Dropped("no_image", "the image cell is empty (VLMEvalKit skips such rows too)")
 
-    _, hint = _get(data, "hint", opts)
-    hint = _check_text(_text(hint), "hint") if _text(hint) else None
-    _, split = _get(data, "split", opts)
-    source_category = _first(data, opts, "source_category", SOURCE_CATEGORY_ALIASES)
-    source_l2 = _first(data, opts, "source_l2_category", SOURCE_L2_ALIASES)
+    _, hint = _get(data, "hint", plan)
+    hint = _text(hint)
+    hint = _check_text(hint, "hint") if hint else None
+    _, split = _get(data, "split", plan)
+    source_category = _first(data, plan, "source_category", plan.source_category)
+    source_l2 = _first(data, plan, "source_l2_category", plan.source_l2)
     meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else None
     if meta:  # MathVista: category lives in metadata (context + skills)
         source_category = source_category or ", ".join(meta.get("skills") or []) or None
@@ -298,11 +356,13 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
     }
 
 
-def _first(data: dict, opts: NormalizeOptions, canonical: str, aliases: tuple[str, ...]) -> str | None:
-    if canonical in opts.column_map:
-        return _text(data.get(opts.column_map[canonical]))
+def _first(data: dict, plan: ColumnPlan, canonical: str, aliases: tuple[str, ...]) -> str | None:
+    """The first present, non-blank, scalar value among ``aliases`` (or the mapped column)."""
+    col = plan.mapped.get(canonical)
+    if col is not None:
+        return _text(data.get(col))
     for col in aliases:
-        if col in data and not _blank(data[col]) and not isinstance(data[col], (dict, list)):
+        if not _blank(data[col]) and not isinstance(data[col], (dict, list)):
             return _text(data[col])
     return None
 

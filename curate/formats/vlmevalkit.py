@@ -3,8 +3,9 @@
 Read row by row with the csv module (never the whole file), so memory does not grow with
 file size. Image sharing (an ``image`` cell of 64 characters or fewer holds the index of
 the row whose image it reuses -- MMBench's rotated copies) needs the referenced rows'
-payloads, so a first cheap pass collects which indices are referenced and the second pass
-keeps only those payloads.
+payloads: a quick byte scan lists the candidate indices, the one csv pass keeps their
+payloads as it meets them, and only a reference the scan missed (or one pointing forward)
+costs the exact two-pass collection. See ``_SharedPayloads``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from curate.formats import ImageRef, ReadOptions, SourceRow
 
 IMAGE_COLUMNS = ("image",)
 REF_MAX_LEN = 64
+#: Shared payloads held in memory before older ones move to SQLite (characters of base64).
+RECENT_PAYLOAD_CHARS = 32 * 2**20
 
 csv.field_size_limit(sys.maxsize)
 
@@ -31,7 +34,8 @@ def _open(path: Path):
     return open(path, encoding="utf-8", errors="surrogateescape", newline="")
 
 
-def _header(path: Path, delimiter: str) -> list[str]:
+def _raw_header(path: Path, delimiter: str) -> list[str]:
+    """The header cells as written (``csv.DictReader`` keys rows by these, unstripped)."""
     try:
         with _open(path) as fh:
             header = next(csv.reader(fh, delimiter=delimiter), None)
@@ -41,7 +45,7 @@ def _header(path: Path, delimiter: str) -> list[str]:
         raise UserError(f"{path}: empty file, no header row")
     if any("\udc80" <= ch <= "\udcff" for h in header for ch in h) or "\x00" in "".join(header):
         raise UserError(f"{path}: not a text table (header is not UTF-8 text)")
-    return [h.strip() for h in header]
+    return header
 
 
 def _is_ref(cell: str) -> bool:
@@ -60,11 +64,12 @@ def _split_images(cell: str) -> list[str]:
 
 
 def read_tsv(path: Path, opts: ReadOptions, *, delimiter: str = "\t") -> Iterator[SourceRow]:
-    header = _header(path, delimiter)
+    raw_header = _raw_header(path, delimiter)
+    header = [h.strip() for h in raw_header]
     image_col = next((c for c in (opts.column_map.get("image"), *IMAGE_COLUMNS) if c and c in header), None)
     index_col = opts.column_map.get("index") or ("index" if "index" in header else None)
 
-    shared = _SharedPayloads(path, delimiter, image_col, index_col) if image_col else None
+    shared = _SharedPayloads(path, delimiter, raw_header, image_col, index_col) if image_col else None
     try:
         yield from _rows(path, delimiter, header, image_col, shared)
     finally:
@@ -78,6 +83,8 @@ def _rows(path: Path, delimiter: str, header: list[str], image_col: str | None, 
         next(reader)
         for row_no, fields in enumerate(reader, 1):
             where = f"line {reader.line_num}"
+            if shared is not None:  # before any check: the exact rule reads short rows too
+                shared.remember(fields)
             if len(fields) != len(header):
                 if not fields or fields == [""]:
                     continue  # blank trailing line
@@ -113,47 +120,154 @@ def _rows(path: Path, delimiter: str, header: list[str], image_col: str | None, 
 
 
 class _SharedPayloads:
-    """Image cells that other rows point at, kept in a temporary SQLite file, not in memory.
+    """Image cells that other rows point at: the newest few in memory, the rest in a temporary SQLite file.
 
-    MMBench-style files share about a quarter of their images; holding those payloads in a
-    dict would make memory grow with file size.
+    MMBench-style files share about a quarter of their images; holding all those payloads in
+    a dict would make memory grow with file size.
+
+    Which payload a reference gets is defined by ``_collect_all``: the first row of the file
+    with that index whose own cell is not a reference, rows keyed as ``csv.DictReader`` keys
+    them. That costs two extra csv passes over a file that is mostly base64, so it is only
+    the fallback. Normally ``_candidate_refs`` (a byte scan, several times faster than csv
+    parsing) lists the indices that look referenced, and ``remember`` stores those rows'
+    payloads during the reader's own pass. A lookup that finds its payload there gets the
+    same answer as the fallback (it is the first such row and lies before the referring
+    row); a miss -- a forward reference, or a cell the rough scan misread -- runs the exact
+    collection once and answers from it from then on. A rough scan can cost time, never
+    change a result. Stored payloads wait in memory first (a copy usually follows soon after
+    its original) and move to SQLite, oldest first, past ``RECENT_PAYLOAD_CHARS``.
     """
 
-    def __init__(self, path: Path, delimiter: str, image_col: str, index_col: str | None):
-        self._db = None
-        referenced: set[str] = set()
-        with _open(path) as fh:
-            for rec in csv.DictReader(fh, delimiter=delimiter):
-                cell = (rec.get(image_col) or "").strip()
-                if _is_ref(cell):
-                    referenced.add(cell)
-        if not referenced or index_col is None:
+    def __init__(self, path: Path, delimiter: str, raw_header: list[str], image_col: str, index_col: str | None):
+        self._path, self._delimiter = path, delimiter
+        self._image_col, self._index_col = image_col, index_col
+        self._image_pos = _dictreader_position(raw_header, image_col)
+        self._index_pos = _dictreader_position(raw_header, index_col)
+        # The reader keys cells by the stripped header; the fast path is exact only when that
+        # picks the same image cell as DictReader (true unless headers differ by spaces or repeat).
+        reader_pos = max(i for i, h in enumerate(raw_header) if h.strip() == image_col)
+        fast = index_col is not None and reader_pos == self._image_pos
+        self._candidates = _candidate_refs(path, delimiter, self._image_pos) if fast else set()
+        self._recent: dict[str, str] = {}  # index -> payload, oldest first
+        self._recent_chars = 0
+        self._stored: set[str] = set()  # indices whose first payload is kept (memory or SQLite)
+        self._tmp = None
+        self._db = None  # older payloads, or all of them once the fallback has run
+        self._exact = False  # True once the fallback has collected every referenced payload
+
+    def remember(self, fields: list[str]) -> None:
+        """Store this row's payload if its index looks referenced and is not stored yet."""
+        if not self._candidates or self._exact:
             return
-        self._tmp = tempfile.TemporaryDirectory(prefix="mmcurate-tsv-")
-        self._db = sqlite3.connect(Path(self._tmp.name) / "shared.sqlite")
-        self._db.execute("CREATE TABLE payload (idx TEXT PRIMARY KEY, cell TEXT)")
-        with _open(path) as fh:
-            rows = (
-                ((rec.get(index_col) or "").strip(), (rec.get(image_col) or "").strip())
-                for rec in csv.DictReader(fh, delimiter=delimiter)
-            )
-            self._db.executemany(
-                "INSERT OR IGNORE INTO payload VALUES (?, ?)",
-                ((i, c) for i, c in rows if i in referenced and not _is_ref(c)),
-            )
-        self._db.commit()
+        index = _cell(fields, self._index_pos)
+        if index not in self._candidates or index in self._stored:
+            return  # the first row with its own payload wins, as in the exact rule
+        cell = _cell(fields, self._image_pos)
+        if _is_ref(cell):
+            return
+        self._stored.add(index)
+        self._recent[index] = cell
+        self._recent_chars += len(cell)
+        while self._recent_chars > RECENT_PAYLOAD_CHARS:
+            old = next(iter(self._recent))
+            old_cell = self._recent.pop(old)
+            self._recent_chars -= len(old_cell)
+            self._connect().execute("INSERT INTO payload VALUES (?, ?)", (old, old_cell))
 
     def get(self, index: str) -> str | None:
+        if self._index_col is None:
+            return None
+        cell = self._lookup(index)
+        if cell is None and not self._exact:
+            self._collect_all()
+            cell = self._lookup(index)
+        return cell
+
+    def _lookup(self, index: str) -> str | None:
+        if index in self._recent:
+            return self._recent[index]
         if self._db is None:
             return None
         row = self._db.execute("SELECT cell FROM payload WHERE idx = ?", (index,)).fetchone()
         return row[0] if row else None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mmcurate-tsv-")
+            self._db = sqlite3.connect(Path(self._tmp.name) / "shared.sqlite")
+            self._db.execute("CREATE TABLE payload (idx TEXT PRIMARY KEY, cell TEXT)")
+        return self._db
+
+    def _collect_all(self) -> None:
+        """The exact rule: every referenced index -> its first row with its own image cell."""
+        self._exact = True
+        self._recent.clear()
+        if self._db is not None:
+            self._db.execute("DELETE FROM payload")
+        referenced: set[str] = set()
+        with _open(self._path) as fh:
+            for rec in csv.DictReader(fh, delimiter=self._delimiter):
+                cell = (rec.get(self._image_col) or "").strip()
+                if _is_ref(cell):
+                    referenced.add(cell)
+        if not referenced:
+            return
+        db = self._connect()
+        with _open(self._path) as fh:
+            rows = (
+                ((rec.get(self._index_col) or "").strip(), (rec.get(self._image_col) or "").strip())
+                for rec in csv.DictReader(fh, delimiter=self._delimiter)
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO payload VALUES (?, ?)",
+                ((i, c) for i, c in rows if i in referenced and not _is_ref(c)),
+            )
+        db.commit()
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._tmp.cleanup()
             self._db = None
+
+
+def _dictreader_position(raw_header: list[str], col: str | None) -> int | None:
+    """Where ``csv.DictReader`` takes ``rec[col]`` from: the last header cell spelled exactly so."""
+    positions = [i for i, h in enumerate(raw_header) if h == col]
+    return positions[-1] if positions else None
+
+
+def _cell(fields: list[str], pos: int | None) -> str:
+    """``(rec.get(col) or "").strip()`` of a DictReader row, from the plain field list."""
+    return fields[pos].strip() if pos is not None and pos < len(fields) else ""
+
+
+def _candidate_refs(path: Path, delimiter: str, image_pos: int | None) -> set[str]:
+    """Short image cells of the raw lines: a rough, fast guess at the referenced indices.
+
+    It ignores quoting (a quoted tab or newline can misplace a cell); that is safe because
+    ``_SharedPayloads`` falls back to the exact collection whenever a guess misses. Cells are
+    located with ``bytes.find`` so the large base64 cells are never copied.
+    """
+    found: set[str] = set()
+    if image_pos is None:
+        return found
+    sep = delimiter.encode()
+    with open(path, "rb") as fh:
+        for line in fh:
+            start = 0
+            for _ in range(image_pos):  # find the cell's bounds without copying the big cells
+                start = line.find(sep, start) + 1
+                if start == 0:
+                    break
+            else:
+                end = line.find(sep, start)
+                end = len(line) if end < 0 else end
+                if end - start <= REF_MAX_LEN + 8:  # room for quotes and spaces
+                    cell = line[start:end].strip().strip(b'"').strip()
+                    if 0 < len(cell) <= REF_MAX_LEN:
+                        found.add(cell.decode("utf-8", "surrogateescape"))
+    return found
 
 
 def _resolve_ref(ref: ImageRef, shared: _SharedPayloads) -> list[ImageRef]:
