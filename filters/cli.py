@@ -1,0 +1,58 @@
+"""``mmcurate screen``: the text-only panel + rule filters over a workspace's items.parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _summary(report, df) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title=f"panel {report.panel} ({report.panel_hash}), blind when hits > {report.threshold}")
+    for col in ("member", "backend", "method", "controls acc [95% CI]", "at chance", "letter bias", "hit rate", "chance (uniform / biased)"):
+        table.add_column(col)
+    for m in report.members:
+        c = m.competence
+        acc = f"{c['accuracy']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] n={c['n']}" if c else "-"
+        bias = " ".join(f"{k}:{v:.0%}" for k, v in c["letter_bias"].items()) if c else "-"
+        at = ("yes" + ("" if m.counted else ", not counted")) if c and c["at_chance"] else "no"
+        biased = f"{m.expected_biased_hit_rate:.2f}" if m.expected_biased_hit_rate is not None else "-"
+        table.add_row(m.name, m.backend, f"{m.method} {m.shots}-shot", acc, at, bias, f"{m.hit_rate:.2f}", f"{m.expected_chance_hit_rate:.2f} / {biased}")
+    console.print(table)
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    rule = int(df["rule_reason"].is_not_null().sum()) if "rule_reason" in df.columns else 0
+    dropped = int((df["blind"] | (df["rule_reason"].is_not_null() if "rule_reason" in df.columns else False)).sum())
+    console.print(f"{df.height} items screened: {report.n_blind} blind-answerable, {rule} flagged by rule filters, {df.height - dropped} kept")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("screen")
+    def screen_cmd(
+        workdir: Path = typer.Argument(..., help="Workspace folder holding items.parquet."),
+        panel: Optional[Path] = typer.Option(None, "--panel", help="panel.toml (default: the offline panel shipped in data/panel.toml)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Screen only the first N items."),
+        members: Optional[str] = typer.Option(None, "--members", help="Comma-separated member names to run (default: all)."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="SQLite response cache (default: WORKDIR/.cache/responses.sqlite)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        """Ask every panel member every question with the image withheld; write screened.parquet and the ledger."""
+        from curate.workspace import Workspace
+        from filters.cache import default_cache_path
+        from filters.panel import load_panel
+        from filters.screen import screen_ledger, screen_with_report, write_report
+
+        ws = Workspace(workdir)
+        names = [m.strip() for m in members.split(",") if m.strip()] if members else None
+        df, report = screen_with_report(
+            ws.read("items"), load_panel(panel), cache_path=cache or default_cache_path(workdir), limit=limit, members=names, progress=progress
+        )
+        ws.write("screened", df)
+        ws.record("screen", screen_ledger(df))
+        write_report(report, ws.root / "screen_report.json")
+        _summary(report, df)

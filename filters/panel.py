@@ -1,0 +1,288 @@
+"""The screening panel: which text-only models are asked, how, and when an item counts as blind.
+
+A panel is a TOML file read into frozen dataclasses. Why frozen dataclasses and a hash: the
+verdicts in ``screened.parquet`` are only as meaningful as the exact panel that produced them,
+so the resolved configuration (paths made absolute, defaults filled in) is hashed and that hash
+travels with the results (column ``panel_hash`` and the ledger).
+
+A panel of eight 7B-70B models served by vLLM is the same file with ``backend = "openai"``
+members::
+
+    [panel]
+    name = "big"
+    max_hits = 2                # MMStar: dropped when more than 2 of 8 members answer right
+
+    [[member]]
+    name = "qwen72b"
+    backend = "openai"
+    base_url = "http://gpu-node:8000/v1"
+    model = "Qwen/Qwen2.5-72B-Instruct"
+    method = "loglik"
+    concurrency = 32
+
+Errors follow scikit-learn's habit: name the file, the field, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import UserError
+
+BACKENDS = ("auto", "transformers", "llamacpp", "openai")
+METHODS = ("loglik", "generate")
+TEMPLATES = ("mmstar",)
+DTYPES = ("float32", "bfloat16", "float16")
+AT_CHANCE_POLICIES = ("count", "exclude")
+
+#: Model references that name weights shipped in pip packages (see ``filters.backends.packaged``).
+PACKAGED_PREFIX = "package:"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One panel member: a model, the backend that runs it and the way it is asked."""
+
+    name: str
+    backend: str = "auto"
+    model: str = ""  # folder, GGUF file, "package:<id>", or the served model name (openai)
+    gguf_file: str | None = None  # file name inside ``model`` when ``model`` is a folder of GGUFs
+    base_url: str | None = None  # openai backend only
+    api_key_env: str | None = None  # name of an environment variable holding the key (never the key)
+    revision: str | None = None  # pins the identity of a remote model (openai) or skips hashing
+    method: str = "loglik"
+    shots: int = 0
+    template: str = "mmstar"
+    chat: bool | None = None  # generate: use the model's chat template (default: yes when it has one)
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 8
+    max_new_tokens: int = 16
+    n_threads: int | None = None
+    n_ctx: int = 2048
+    concurrency: int = 4
+    timeout: float = 60.0
+    max_retries: int = 3
+
+    @property
+    def column_suffix(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The members plus the verdict rule.
+
+    ``blind`` is ``hits > max_hits``; with ``max_hit_fraction`` set instead, ``max_hits`` is
+    ``floor(fraction * counted members)``. ``rotations`` > 1 asks each question with its options
+    rotated that many times and counts a hit only when every rotation is right (CircularEval).
+    """
+
+    name: str
+    members: tuple[Member, ...]
+    max_hits: int | None = 0
+    max_hit_fraction: float | None = None
+    rotations: int = 1
+    chance_corrected: bool = True
+    margin: float = 0.1
+    control_size: int = 100
+    at_chance: str = "count"
+    rules: Any = None  # filters.rules.RuleConfig from the [rules] table (None: the rule filters' defaults)
+    source: str = "<memory>"
+
+    def threshold(self, n_members: int) -> int:
+        if self.max_hit_fraction is not None:
+            return int(math.floor(self.max_hit_fraction * n_members))
+        return int(self.max_hits or 0)
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise UserError(f"{self.source}: no panel member named {name!r}; members are {[m.name for m in self.members]}")
+
+    def select(self, names: list[str] | None) -> Panel:
+        """The same panel restricted to ``names`` (``--members a,b``), in the panel's order."""
+        if not names:
+            return self
+        wanted = [self.member(n).name for n in names]
+        return dataclasses.replace(self, members=tuple(m for m in self.members if m.name in wanted))
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything that changes a verdict, as plain data (``source`` is where, not what)."""
+        d = dataclasses.asdict(dataclasses.replace(self, rules=None))
+        d.pop("source")
+        d["rules"] = self.rules.as_dict() if self.rules is not None else None
+        for m in d["members"]:
+            for k in ("concurrency", "timeout", "max_retries", "batch_size", "n_threads", "api_key_env"):
+                m.pop(k)  # speed and plumbing knobs do not change answers
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_MEMBER_FIELDS = {f.name: f for f in dataclasses.fields(Member)}
+
+
+def _suggest(word: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_type(src: str, where: str, key: str, value: Any, expected: type | tuple) -> None:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join(t.__name__ for t in types if t is not type(None))
+        raise UserError(f"{src}: {where}.{key} = {value!r} must be a {names}")
+
+
+_MEMBER_TYPES: dict[str, type | tuple] = {
+    "name": str, "backend": str, "model": str, "gguf_file": str, "base_url": str, "api_key_env": str,
+    "revision": str, "method": str, "shots": int, "template": str, "chat": bool, "dtype": str, "device": str,
+    "batch_size": int, "max_new_tokens": int, "n_threads": int, "n_ctx": int, "concurrency": int,
+    "timeout": float, "max_retries": int,
+}
+_PANEL_TYPES: dict[str, type | tuple] = {
+    "name": str, "max_hits": int, "max_hit_fraction": float, "rotations": int, "chance_corrected": bool,
+    "margin": float, "control_size": int, "at_chance": str,
+}
+
+
+def _choice(src: str, where: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{src}: {where}.{key} = {value!r} is not one of {list(choices)}{_suggest(value, choices)}")
+
+
+def _resolve_model(src: str, base: Path, where: str, m: dict[str, Any]) -> None:
+    """Make local model paths absolute (relative to the panel file) and check they exist."""
+    model = m.get("model", "")
+    if m["backend"] == "openai":
+        if not m.get("base_url"):
+            raise UserError(f"{src}: {where} uses backend 'openai' but has no base_url; add e.g. base_url = \"http://127.0.0.1:8000/v1\"")
+        if not model:
+            raise UserError(f"{src}: {where}.model is empty; give the model name the server serves")
+        return
+    if m.get("base_url"):
+        raise UserError(f"{src}: {where}.base_url is only used with backend = 'openai' (backend is {m['backend']!r}); remove it or set backend = \"openai\"")
+    if not model:
+        raise UserError(f"{src}: {where}.model is empty; give a local model folder, a .gguf file or 'package:<id>'")
+    if model.startswith(PACKAGED_PREFIX):
+        from filters.backends.packaged import PACKAGED
+
+        key = model[len(PACKAGED_PREFIX):]
+        if key not in PACKAGED:
+            raise UserError(f"{src}: {where}.model = {model!r} names no packaged model; known: {[PACKAGED_PREFIX + k for k in PACKAGED]}{_suggest(key, PACKAGED)}")
+        return
+    path = Path(os.path.expanduser(model))
+    if not path.is_absolute():
+        path = (base / path).resolve()
+    if not path.exists():
+        raise UserError(f"{src}: {where}.model = {model!r}: no such file or folder ({path}); fix the path or use 'package:<id>'")
+    m["model"] = str(path)
+    if m.get("gguf_file") and not (path / m["gguf_file"]).is_file():
+        raise UserError(f"{src}: {where}.gguf_file = {m['gguf_file']!r} not found in {path}")
+
+
+def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Path | None = None) -> Panel:
+    """Validate a parsed panel.toml and build the frozen :class:`Panel`."""
+    src = source
+    base = base or Path.cwd()
+    unknown_top = set(data) - {"panel", "member", "rules"}
+    if unknown_top:
+        k = sorted(unknown_top)[0]
+        raise UserError(f"{src}: unknown table [{k}]{_suggest(k, ['panel', 'member', 'rules'])}; a panel file has [panel], [[member]] and [rules] entries")
+    rules = None
+    if "rules" in data:
+        from filters.rules import RuleConfig
+
+        rules = RuleConfig.from_dict({"rules": data["rules"]}, source=src)
+    head = dict(data.get("panel", {}))
+    for key, value in head.items():
+        if key not in _PANEL_TYPES:
+            raise UserError(f"{src}: unknown field panel.{key}{_suggest(key, _PANEL_TYPES)}")
+        _check_type(src, "panel", key, value, _PANEL_TYPES[key])
+    if "max_hits" in head and "max_hit_fraction" in head:
+        raise UserError(f"{src}: panel sets both max_hits and max_hit_fraction; keep one of them")
+    if "max_hit_fraction" in head:
+        head["max_hits"] = None
+        if not 0.0 <= head["max_hit_fraction"] < 1.0:
+            raise UserError(f"{src}: panel.max_hit_fraction = {head['max_hit_fraction']} must be in [0, 1)")
+    if head.get("max_hits") is not None and head["max_hits"] < 0:
+        raise UserError(f"{src}: panel.max_hits = {head['max_hits']} must be >= 0")
+    if head.get("rotations", 1) < 1:
+        raise UserError(f"{src}: panel.rotations = {head['rotations']} must be >= 1 (1 means no rotation)")
+    if not 0.0 <= head.get("margin", 0.1) < 1.0:
+        raise UserError(f"{src}: panel.margin = {head['margin']} must be in [0, 1)")
+    if head.get("control_size", 100) < 0:
+        raise UserError(f"{src}: panel.control_size must be >= 0 (0 skips the competence check)")
+    if "at_chance" in head:
+        _choice(src, "panel", "at_chance", head["at_chance"], AT_CHANCE_POLICIES)
+    raw_members = data.get("member", [])
+    if not isinstance(raw_members, list) or not raw_members:
+        raise UserError(f"{src}: the panel has no members; add at least one [[member]] table with name and model")
+    members = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_members, 1):
+        where = f"member[{i}]" + (f" ({raw.get('name')})" if isinstance(raw, dict) and raw.get("name") else "")
+        if not isinstance(raw, dict):
+            raise UserError(f"{src}: {where} must be a [[member]] table")
+        m = dict(raw)
+        for key, value in m.items():
+            if key not in _MEMBER_FIELDS:
+                raise UserError(f"{src}: unknown field {where}.{key}{_suggest(key, _MEMBER_TYPES)}")
+            _check_type(src, where, key, value, _MEMBER_TYPES[key])
+        if not m.get("name"):
+            raise UserError(f"{src}: {where} has no name; add name = \"...\" (it names the columns answer__<name>, ...)")
+        if not all(c.isalnum() or c in "_-." for c in m["name"]):
+            raise UserError(f"{src}: {where}.name = {m['name']!r} may only hold letters, digits, '_', '-' and '.'")
+        if m["name"] in seen:
+            raise UserError(f"{src}: {where}.name = {m['name']!r} is used twice; member names must be unique")
+        seen.add(m["name"])
+        m.setdefault("backend", "auto")
+        _choice(src, where, "backend", m["backend"], BACKENDS)
+        _choice(src, where, "method", m.get("method", "loglik"), METHODS)
+        _choice(src, where, "template", m.get("template", "mmstar"), TEMPLATES)
+        _choice(src, where, "dtype", m.get("dtype", "float32"), DTYPES)
+        if m.get("shots", 0) not in (0, 2):
+            raise UserError(f"{src}: {where}.shots = {m['shots']} must be 0 or 2")
+        for key in ("batch_size", "concurrency", "max_new_tokens", "n_ctx"):
+            if key in m and m[key] < 1:
+                raise UserError(f"{src}: {where}.{key} = {m[key]} must be >= 1")
+        _resolve_model(src, base, where, m)
+        members.append(Member(**m))
+    return Panel(members=tuple(members), source=src, rules=rules, name=head.pop("name", Path(src).stem), **head)
+
+
+def load_panel(path: str | Path | None = None) -> Panel:
+    """Read a panel file; ``None`` loads the default offline panel shipped in ``data/``."""
+    if path is None:
+        from curate.assets import asset_path
+
+        path = asset_path("panel.toml")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: panel file not found; pass --panel with a panel.toml (see data/panel.toml for an example)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from exc
+    return panel_from_dict(data, source=str(path), base=path.parent)

@@ -1,0 +1,155 @@
+"""Ask one member a list of prompts: cache lookup, length-sorted batches, answers in input order.
+
+Two methods:
+
+* ``loglik`` -- one forward pass per prompt; the next-token log-probabilities of " A".." J"
+  after "Answer:" are renormalised over the item's options. lm-evaluation-harness style:
+  requests are sorted longest first (an out-of-memory shows at once, padding stays small),
+  batched, and returned in the caller's order.
+* ``generate`` -- greedy text, then MMStar's answer extraction (lower-cased: the reply starts with
+  the letter, or contains "(x", "option x", "the answer is x"), extended to matching an option's
+  text. A reply that matches no option is a miss (letter ``None``) with its raw text kept.
+
+Why batches are fixed by the full request list and not by what is missing: a run killed with
+``kill -9`` and resumed then computes every remaining batch with exactly the same neighbours
+(same padding) as an uninterrupted run, so the results -- and ``screened.parquet`` -- are
+byte-identical. Each batch is committed to the cache as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from curate.schema import LETTERS
+from filters.cache import ResponseCache, request_key
+from filters.prompts import TEMPLATE_VERSION, Prompt
+
+
+@dataclass(frozen=True)
+class Response:
+    letter: str | None  # the member's answer, None when a generated reply matches no option
+    probs: tuple[float, ...] | None  # loglik: probability of each option (sums to 1)
+    raw: str | None  # generate: the reply text
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def extract_answer(reply: str, options: list[str]) -> str | None:
+    """The option letter a free-text reply names, or ``None`` when it names none (or several).
+
+    Rules in order (first that yields exactly one letter wins): MMStar's patterns "(x",
+    "option x", "the answer is x" / "answer: x"; the reply starts with the letter followed by
+    punctuation or the end ("B", "B.", "B) red"); exactly one option's text appears in the reply
+    (whole words, lower-cased); the reply starts with the letter and a space (MMStar's plain
+    first-character rule, last, and not for "a"/"i", which start "a circle" and "I think").
+
+    >>> extract_answer("The answer is (B).", ["red", "blue"])
+    'B'
+    >>> extract_answer("blue", ["red", "blue"])
+    'B'
+    >>> extract_answer("I cannot see the image.", ["red", "blue"]) is None
+    True
+    """
+    letters = LETTERS[: len(options)].lower()
+    s = reply.strip().lower().lstrip("*_`\"' ")
+    if not s:
+        return None
+    cls = f"[{letters}]"
+    patterns = [
+        rf"\(({cls})\)", rf"\(({cls})\b", rf"\boption\s*({cls})\b", rf"\banswer\s*(?:is|:)\s*\(?({cls})\b",
+    ]
+    for pat in patterns:
+        found = set(re.findall(pat, s))
+        if len(found) == 1:
+            return found.pop().upper()
+        if len(found) > 1:
+            return None
+    m = re.match(rf"({cls})(?:$|[.):,\]*_`\"']|\s*$)", s)
+    if m:
+        return m.group(1).upper()
+    norm_reply = f" {_norm(s)} "
+    matched = [i for i, opt in enumerate(options) if _norm(str(opt)) and f" {_norm(str(opt))} " in norm_reply]
+    if len(matched) == 1:
+        return LETTERS[matched[0]]
+    if len(matched) > 1:  # "red" inside "dark red": prefer the one option whose text is longest and unique
+        longest = max(matched, key=lambda i: len(_norm(str(options[i]))))
+        if all(_norm(str(options[i])) in _norm(str(options[longest])) for i in matched):
+            return LETTERS[longest]
+        return None
+    m = re.match(rf"({cls})\s", s)
+    if m and m.group(1) not in "ai":  # "a circle", "i think": an article or pronoun, not a letter
+        return m.group(1).upper()
+    return None
+
+
+def softmax(logprobs: list[float]) -> tuple[float, ...]:
+    m = max(logprobs)
+    exps = [math.exp(x - m) for x in logprobs]
+    total = sum(exps)
+    return tuple(e / total for e in exps)
+
+
+def request_keys(backend, prompts: list[Prompt]) -> list[str]:
+    m = backend.member
+    if m.method == "loglik":
+        return [request_key(backend.identity, "loglik", TEMPLATE_VERSION, p.text, n_letters=p.n_options) for p in prompts]
+    chat = m.chat
+    return [
+        request_key(backend.identity, "generate", TEMPLATE_VERSION, p.text, max_new_tokens=m.max_new_tokens, chat=chat)
+        for p in prompts
+    ]
+
+
+def plan_batches(keys: list[str], prompts: list[Prompt], batch_size: int) -> list[list[int]]:
+    """Unique requests, longest first (ties by key), cut into fixed batches of indices into ``prompts``."""
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    order = sorted(first.values(), key=lambda i: (-len(prompts[i].text), keys[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def score_prompts(
+    backend,
+    prompts: list[Prompt],
+    options: list[list[str]],
+    cache: ResponseCache,
+    *,
+    advance: Callable[[int], None] | None = None,
+) -> list[Response]:
+    """Responses of ``backend``'s member to ``prompts`` (``options[i]`` are prompt i's option texts)."""
+    member = backend.member
+    keys = request_keys(backend, prompts)
+    values = cache.get_many(keys)
+    for batch in plan_batches(keys, prompts, member.batch_size):
+        if all(keys[i] in values for i in batch):
+            if advance:
+                advance(len(batch))
+            continue
+        batch_prompts = [prompts[i] for i in batch]
+        if member.method == "loglik":
+            n = max(p.n_options for p in batch_prompts)
+            rows = backend.letter_logprobs(batch_prompts, n)
+            new = {keys[i]: {"logprobs": row[: prompts[i].n_options]} for i, row in zip(batch, rows)}
+        else:
+            texts = backend.generate(batch_prompts, member.max_new_tokens)
+            new = {keys[i]: {"text": t} for i, t in zip(batch, texts)}
+        cache.put_many(backend.identity, new)
+        values.update(cache.get_many(new))  # read back what is stored: a resumed run sees the same numbers
+        if advance:
+            advance(len(batch))
+    out = []
+    for key, opts in zip(keys, options):
+        v = values[key]
+        if "logprobs" in v:
+            probs = softmax(v["logprobs"])
+            best = max(range(len(probs)), key=lambda j: (probs[j], -j))
+            out.append(Response(LETTERS[best], probs, None))
+        else:
+            out.append(Response(extract_answer(v["text"], opts), None, v["text"]))
+    return out

@@ -1,0 +1,298 @@
+"""The screening stage: which items can be answered without their image?
+
+``screen(items, panel, cache_path=...)`` asks every panel member every question with the image
+withheld (MMStar's recipe), counts the members that answered right (``hits``) and marks an item
+``blind`` when more than the panel's threshold did. The rule filters (``filters.rules``) run on
+the same table, so one ``screened.parquet`` says, per item, which filter would drop it and why.
+
+Members run one after the other (one model in memory at a time); every response goes through the
+SQLite cache, so a killed run resumes without redoing finished work.
+
+Columns added (``<m>`` is the member's name):
+
+* ``answer__<m>`` letter the member chose (null: a generated reply named no option),
+  ``hit__<m>`` right without the image (chance-corrected and all rotations right when the panel
+  says so), ``prob__<m>`` its probability of the key (loglik; the lowest over rotations),
+  ``raw__<m>`` the generated reply (null for loglik);
+* ``hits``, ``n_members`` (members whose hits count), ``blind``, ``screen_reason`` (why the
+  item would be dropped: blind and/or the rule filters' reason), ``panel_hash``;
+* the rule filters' ``<check>_flag`` / ``<check>_score`` columns and ``rule_reason``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from curate.errors import UserError
+from curate.schema import LETTERS
+from filters.backends import open_backend, resolve_backend_name
+from filters.cache import ResponseCache
+from filters.competence import Competence, assess, control_items, is_hit
+from filters.panel import Panel
+from filters.prompts import TEMPLATE_VERSION, build_prompt, rotate
+from filters.scoring import score_prompts
+
+REQUIRED = ("item_id", "question", "options", "answer")
+
+
+@dataclass
+class MemberReport:
+    name: str
+    backend: str
+    identity: str
+    method: str
+    shots: int
+    counted: bool
+    competence: dict | None
+    hit_rate: float
+    expected_chance_hit_rate: float  # a uniform guesser under this panel's rotation rule
+    expected_biased_hit_rate: float | None  # a guesser with this member's measured letter bias
+    misses_no_option: int  # generated replies that named no option
+
+
+@dataclass
+class ScreenReport:
+    panel: str
+    panel_hash: str
+    template: str
+    rotations: int
+    threshold: int
+    n_items: int
+    n_blind: int
+    members: list[MemberReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _check_items(items: pl.DataFrame) -> None:
+    missing = [c for c in REQUIRED if c not in items.columns]
+    if missing:
+        raise UserError(f"items table lacks column(s) {missing}; screen reads an items.parquet written by `mmcurate ingest`")
+    if items["item_id"].is_duplicated().any():
+        dup = items.filter(pl.col("item_id").is_duplicated())["item_id"][0]
+        raise UserError(f"items table: item_id {dup!r} occurs twice; item ids must be unique")
+
+
+def _shifts(n_options: int, rotations: int) -> list[int]:
+    return list(range(min(rotations, n_options)))
+
+
+def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCache, progress) -> tuple[dict, MemberReport]:
+    """Ask one member every item (every rotation); return its columns and its report line."""
+    backend = open_backend(member, cache)
+    try:
+        comp: Competence | None = None
+        if panel.control_size:
+            task = progress.add(f"{member.name}: controls", min(panel.control_size, len(control_items())))
+            comp = assess(backend, cache, panel.control_size, advance=lambda k: progress.advance(task, k))
+        questions, options, answers = items["question"].to_list(), items["options"].to_list(), items["answer"].to_list()
+        hints = items["hint"].to_list() if "hint" in items.columns else [None] * items.height
+        prompts, opts, keys, owner = [], [], [], []
+        for i, (q, o, a, h) in enumerate(zip(questions, options, answers, hints)):
+            o = [str(x) for x in (o or [])]
+            for s in _shifts(len(o), panel.rotations):
+                ro, ra = rotate(o, a or "", s)
+                prompts.append(build_prompt(q or "", ro, h, shots=member.shots))
+                opts.append(ro)
+                keys.append(ra)
+                owner.append(i)
+        task = progress.add(f"{member.name}: items", len({p.text for p in prompts}))
+        responses = score_prompts(backend, prompts, opts, cache, advance=lambda k: progress.advance(task, k))
+        identity = backend.identity
+    finally:
+        backend.close()
+        del backend
+        gc.collect()
+
+    n = items.height
+    answer: list[str | None] = [None] * n
+    raw: list[str | None] = [None] * n
+    prob: list[float | None] = [None] * n
+    hit = [True] * n
+    seen = [False] * n
+    for i, r, key, o in zip(owner, responses, keys, opts):
+        ok = key in LETTERS[: len(o)] and is_hit(r, key, len(o), comp, margin=panel.margin, corrected=panel.chance_corrected)
+        hit[i] = hit[i] and ok
+        if r.probs is not None and key in LETTERS[: len(o)]:
+            p = r.probs[LETTERS.index(key)]
+            prob[i] = p if prob[i] is None else min(prob[i], p)
+        if not seen[i]:  # the unrotated ask gives the answer in the item's own letters
+            answer[i], raw[i], seen[i] = r.letter, r.raw, True
+    hit = [h and s for h, s in zip(hit, seen)]
+
+    expected = sum((1 / len(o)) ** len(_shifts(len(o), panel.rotations)) if o else 0 for o in options) / max(n, 1)
+    biased = None
+    if comp is not None and comp.letter_bias:
+        tot = 0.0
+        for o, a in zip(options, answers):
+            o = o or []
+            pr = 1.0
+            for s in _shifts(len(o), panel.rotations):
+                _, ra = rotate([str(x) for x in o], a or "", s)
+                pr *= comp.letter_bias.get(ra, 0.0)
+            tot += pr if o else 0.0
+        biased = tot / max(n, 1)
+    counted = not (panel.at_chance == "exclude" and comp is not None and comp.at_chance)
+    report = MemberReport(
+        name=member.name, backend=resolve_backend_name(member), identity=identity, method=member.method, shots=member.shots,
+        counted=counted, competence=comp.as_dict() if comp else None, hit_rate=sum(hit) / max(n, 1),
+        expected_chance_hit_rate=expected, expected_biased_hit_rate=biased,
+        misses_no_option=sum(1 for r in responses if r.raw is not None and r.letter is None),
+    )
+    cols = {
+        f"answer__{member.name}": pl.Series(answer, dtype=pl.String),
+        f"hit__{member.name}": pl.Series(hit, dtype=pl.Boolean),
+        f"prob__{member.name}": pl.Series(prob, dtype=pl.Float64),
+        f"raw__{member.name}": pl.Series(raw, dtype=pl.String),
+    }
+    return cols, report
+
+
+class _Progress:
+    """rich progress bars with ETA, or nothing (tests, ``progress=False``)."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), transient=False,
+            )
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def add(self, what: str, total: int):
+        return self.bar.add_task(what, total=total) if self.bar else None
+
+    def advance(self, task, k: int) -> None:
+        if self.bar:
+            self.bar.advance(task, k)
+
+
+def _rules(items: pl.DataFrame, config) -> pl.DataFrame:
+    """The rule filters' columns (``<check>_flag`` / ``_score`` / ``_reason``, ``rule_drop``, ``rule_reason``)."""
+    from filters.rules import run_rules
+
+    out = run_rules(items, config)
+    new = [c for c in out.columns if c not in items.columns or c == "item_id"]
+    return out.select(new)
+
+
+def screen_with_report(
+    items: pl.DataFrame,
+    panel: Panel,
+    *,
+    cache_path: str | Path,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    progress: bool = True,
+    rules: bool = True,
+) -> tuple[pl.DataFrame, ScreenReport]:
+    """:func:`screen`, plus the per-member report (competence, hit rates vs chance)."""
+    _check_items(items)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit {limit}: must be >= 1")
+        items = items.head(limit)
+    panel = panel.select(members)
+    out = items
+    if rules:
+        rule_cols = _rules(items, panel.rules)
+        out = out.with_columns(rule_cols.drop("item_id"))  # run_rules keeps item order
+    reports = []
+    with ResponseCache(cache_path) as cache, _Progress(progress) as prog:
+        for member in panel.members:
+            cols, rep = _member_columns(items, panel, member, cache, prog)
+            clash = [c for c in cols if c in out.columns]
+            if clash:
+                raise UserError(f"items table already has column(s) {clash}; screen an items.parquet, not a screened one")
+            out = out.with_columns(**cols)
+            reports.append(rep)
+    counted = [r.name for r in reports if r.counted]
+    threshold = panel.threshold(len(counted))
+    hits = pl.sum_horizontal([pl.col(f"hit__{m}").cast(pl.Int32) for m in counted]) if counted else pl.lit(0)
+    out = out.with_columns(hits=hits.cast(pl.Int32), n_members=pl.lit(len(counted), dtype=pl.Int32))
+    out = out.with_columns(blind=pl.col("hits") > threshold)
+    who = pl.concat_str([pl.when(pl.col(f"hit__{m}")).then(pl.lit(m)) for m in counted], separator=",", ignore_nulls=True) if counted else pl.lit("")
+    blind_reason = pl.format("blind: {} of {} members answered without the image ({}); threshold {}", "hits", "n_members", who, pl.lit(threshold))
+    parts = [pl.when(pl.col("blind")).then(blind_reason)]
+    if "rule_reason" in out.columns:
+        parts.append(pl.col("rule_reason"))
+    out = out.with_columns(
+        screen_reason=pl.concat_str(parts, separator="; ", ignore_nulls=True),
+        panel_hash=pl.lit(panel.config_hash),
+    ).with_columns(screen_reason=pl.when(pl.col("screen_reason") != "").then(pl.col("screen_reason")))
+    warnings = []
+    for r in reports:
+        c = r.competence
+        if c and c["at_chance"]:
+            what = "its hits are not counted (at_chance = \"exclude\")" if not r.counted else "its hits still count (at_chance = \"count\")"
+            warnings.append(
+                f"member {r.name!r} is at chance on {c['n']} control questions (accuracy {c['accuracy']:.2f}, "
+                f"95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}], chance {c['chance']:.2f}); {what}"
+            )
+    if reports and not counted:
+        warnings.append("no member's hits count: every member is at chance, so no item is dropped as blind-answerable")
+    report = ScreenReport(
+        panel=panel.name, panel_hash=panel.config_hash, template=TEMPLATE_VERSION, rotations=panel.rotations,
+        threshold=threshold, n_items=out.height, n_blind=int(out["blind"].sum()), members=reports, warnings=warnings,
+    )
+    return out, report
+
+
+def screen(
+    items: pl.DataFrame,
+    panel: Panel,
+    *,
+    cache_path: str | Path,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    progress: bool = True,
+) -> pl.DataFrame:
+    """Screen ``items`` with ``panel`` (image withheld) and return the table with the screening columns."""
+    return screen_with_report(items, panel, cache_path=cache_path, limit=limit, members=members, progress=progress)[0]
+
+
+def screen_ledger(screened: pl.DataFrame) -> pl.DataFrame:
+    """One ledger row per item: kept, or dropped with the reason code of the filter that dropped it."""
+    rule_drop = pl.col("rule_drop").fill_null(False) if "rule_drop" in screened.columns else pl.lit(False)
+    # reason code names the filter(s): "blind_answerable", "rules:answer_leak,malformed", or both joined by "+"
+    rule_names = (
+        pl.col("rule_reason").str.extract_all(r"(?:^|; )([a-z_]+): ").list.eval(pl.element().str.strip_chars("; :")).list.join(",")
+        if "rule_reason" in screened.columns else pl.lit("")
+    )
+    rule_code = pl.when(rule_drop).then(pl.lit("rules:") + rule_names)
+    blind_code = pl.when(pl.col("blind")).then(pl.lit("blind_answerable"))
+    code = pl.concat_str([blind_code, rule_code], separator="+", ignore_nulls=True)
+    code = pl.when(code != "").then(code)
+    cols = [c for c in ("source_file", "row") if c in screened.columns]
+    return screened.select(
+        *cols, "item_id",
+        status=pl.when(code.is_null()).then(pl.lit("kept")).otherwise(pl.lit("dropped")),
+        reason=code,
+        detail=pl.format("{} [panel {}]", pl.coalesce(pl.col("screen_reason"), pl.lit("kept by every filter")), pl.col("panel_hash")),
+    )
+
+
+def write_report(report: ScreenReport, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,98 @@
+"""The default offline panel (Qwen2.5-Coder-1.5B) on real data: MMLU is answerable blind, easy-VQA is not.
+
+MMLU questions need no image, so a competent text-only member should hit clearly more often than
+chance. easy-VQA colour questions ("what color is the shape?") all need the image: turned into
+4-option multiple choice, a text-only member can only guess. Both claims are tested with Wilson
+95 % intervals, not single lucky numbers. 100 MMLU + 60 easy-VQA questions + 40 controls (~200 forward passes)
+keep the test to ~3 minutes with the llama.cpp backend (controls and items share one cache file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.schema import ITEM_SCHEMA, LETTERS, conform
+from filters.competence import control_items, wilson_interval
+from filters.panel import load_panel
+from filters.screen import screen_with_report
+
+pytestmark = pytest.mark.slow
+N_MMLU, N_VQA = 100, 60
+RATES: dict[str, tuple[float, float]] = {}
+COLOURS = ["red", "green", "blue", "yellow", "teal", "brown", "gray", "black"]
+
+
+def mmlu_items(shared_data: Path, n: int) -> pl.DataFrame:
+    """MMLU test questions not in the shipped control sample (seeded)."""
+    import csv
+
+    used = {c["id"] for c in control_items()}
+    rows = []
+    for f in sorted((shared_data / "controls" / "mmlu" / "test").glob("*.csv")):
+        subject = f.name.rsplit("_", 1)[0]
+        with open(f, newline="", encoding="utf-8") as fh:
+            for i, r in enumerate(csv.DictReader(fh)):
+                iid = f"mmlu:test:{subject}:{i}"
+                if iid not in used:
+                    rows.append((iid, r["question"], [r[f"choice{k}"] for k in range(4)], LETTERS[int(r["answer"])]))
+    rows = random.Random(7).sample(rows, n)
+    return conform(pl.DataFrame(rows, schema=["item_id", "question", "options", "answer"], orient="row"), ITEM_SCHEMA)
+
+
+def easy_vqa_items(shared_data: Path, n: int) -> pl.DataFrame:
+    """easy-VQA colour questions as 4-option MCQ (key position and distractors seeded)."""
+    qs = json.loads((shared_data / "easy_vqa" / "test" / "questions.json").read_text())
+    colour = [(i, q, a) for i, (q, a, _img) in enumerate(qs) if a in COLOURS]
+    rng = random.Random(11)
+    rows = []
+    for i, q, a in rng.sample(colour, n):
+        opts = rng.sample([c for c in COLOURS if c != a], 3)
+        pos = rng.randrange(4)
+        opts.insert(pos, a)
+        rows.append((f"easy_vqa:{i}", q, opts, LETTERS[pos]))
+    return conform(pl.DataFrame(rows, schema=["item_id", "question", "options", "answer"], orient="row"), ITEM_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def panel():
+    # The shipped default panel; a 40-question control set instead of 100 keeps the test short.
+    return dataclasses.replace(load_panel(), control_size=40)
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("panel") / "responses.sqlite"
+
+
+def test_default_panel_hits_mmlu_clearly_above_chance(shared_data, panel, cache_path):
+    out, report = screen_with_report(mmlu_items(shared_data, N_MMLU), panel, cache_path=cache_path, progress=False, rules=False)
+    member = report.members[0]
+    assert member.competence is not None and not member.competence["at_chance"], member.competence
+    hits = int(out["hits"].sum())
+    lo, hi = wilson_interval(hits, N_MMLU)
+    acc = float((out["answer__qwen2.5-coder-1.5b"] == out["answer"]).mean())
+    print(f"MMLU: {hits}/{N_MMLU} chance-corrected hits, Wilson 95% [{lo:.2f}, {hi:.2f}], chance {member.expected_chance_hit_rate:.2f};"
+          f" raw accuracy {acc:.2f}; controls {member.competence['correct']}/{member.competence['n']}")
+    RATES["mmlu"] = (lo, hi)
+    assert lo > member.expected_chance_hit_rate  # 0.25
+    assert out["blind"].sum() == hits  # one member, max_hits = 0
+
+
+def test_default_panel_stays_near_chance_on_easy_vqa(shared_data, panel, cache_path):
+    out, report = screen_with_report(easy_vqa_items(shared_data, N_VQA), panel, cache_path=cache_path, progress=False, rules=False)
+    member = report.members[0]
+    hits = int(out["hits"].sum())
+    lo, hi = wilson_interval(hits, N_VQA)
+    acc = float((out["answer__qwen2.5-coder-1.5b"] == out["answer"]).mean())
+    print(f"easy-VQA: {hits}/{N_VQA} chance-corrected hits, Wilson 95% [{lo:.2f}, {hi:.2f}], chance {member.expected_chance_hit_rate:.2f};"
+          f" raw accuracy {acc:.2f}")
+    assert lo <= member.expected_chance_hit_rate  # consistent with guessing (chance correction only lowers it)
+    assert hi < 0.5
+    if "mmlu" in RATES:  # the panel tells the two sets apart: easy-VQA's rate is below MMLU's whole interval
+        assert hits / N_VQA < RATES["mmlu"][0]

@@ -1,0 +1,199 @@
+"""Fast tests of the screening parts that need no model: panel files, prompts, extraction, cache, statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from curate.errors import UserError
+from filters.cache import ResponseCache, request_key
+from filters.competence import Competence, is_hit, summarise, wilson_interval
+from filters.panel import load_panel, panel_from_dict
+from filters.prompts import build_prompt, chat_messages, fewshot_prefix, rotate
+from filters.scoring import Response, extract_answer, plan_batches, softmax
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "panel.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+MEMBER = '[[member]]\nname = "m"\nmodel = "package:smollm2-135m-instruct"\n'
+
+
+# -- panel files ---------------------------------------------------------------------
+def test_shipped_panels_load():
+    default = load_panel()
+    assert [m.name for m in default.members] == ["qwen2.5-coder-1.5b"]
+    assert default.members[0].shots == 2 and default.max_hits == 0
+    tiny = load_panel(Path(__file__).parents[1] / "data" / "panel_tiny.toml")
+    assert tiny.members[0].model == "package:smollm2-135m-instruct"
+
+
+def test_typo_in_member_field_names_file_field_and_fix(tmp_path):
+    p = write(tmp_path, MEMBER + 'methd = "loglik"\n')
+    with pytest.raises(UserError) as e:
+        load_panel(p)
+    msg = str(e.value)
+    assert str(p) in msg and "member[1] (m).methd" in msg and "did you mean 'method'" in msg
+    assert "\n" not in msg
+
+
+def test_typo_in_panel_field_and_bad_values(tmp_path):
+    with pytest.raises(UserError, match=r"panel\.max_hit .*did you mean 'max_hits'"):
+        load_panel(write(tmp_path, "[panel]\nmax_hit = 2\n" + MEMBER))
+    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.backend = 'vllm' is not one of"):
+        load_panel(write(tmp_path, MEMBER + 'backend = "vllm"\n'))
+    with pytest.raises(UserError, match=r"shots = 5 must be 0 or 2"):
+        load_panel(write(tmp_path, MEMBER + "shots = 5\n"))
+    with pytest.raises(UserError, match=r"max_hits = 'two' must be a int"):
+        load_panel(write(tmp_path, '[panel]\nmax_hits = "two"\n' + MEMBER))
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_panel(write(tmp_path, "[panel\n"))
+    with pytest.raises(UserError, match="no members"):
+        load_panel(write(tmp_path, "[panel]\nmax_hits = 1\n"))
+
+
+def test_missing_model_path_and_openai_without_url(tmp_path):
+    with pytest.raises(UserError, match=r"model = 'nowhere/model.gguf': no such file or folder"):
+        load_panel(write(tmp_path, '[[member]]\nname = "x"\nmodel = "nowhere/model.gguf"\n'))
+    with pytest.raises(UserError, match="has no base_url"):
+        load_panel(write(tmp_path, '[[member]]\nname = "x"\nbackend = "openai"\nmodel = "m"\n'))
+    with pytest.raises(UserError, match="names no packaged model"):
+        load_panel(write(tmp_path, '[[member]]\nname = "x"\nmodel = "package:gpt-9"\n'))
+
+
+def test_relative_model_path_resolves_against_panel_file(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    panel = load_panel(write(tmp_path, '[[member]]\nname = "x"\nmodel = "m.gguf"\n'))
+    assert panel.members[0].model == str(tmp_path / "m.gguf")
+
+
+def test_config_hash_ignores_plumbing_but_not_verdict_settings():
+    base = panel_from_dict({"member": [{"name": "a", "model": "package:smollm2-135m-instruct"}]})
+    faster = dataclasses.replace(base, members=(dataclasses.replace(base.members[0], batch_size=64, n_threads=8),))
+    stricter = dataclasses.replace(base, margin=0.2)
+    assert base.config_hash == faster.config_hash != stricter.config_hash
+    assert len(base.config_hash) == 16
+
+
+def test_threshold_fraction_and_member_selection():
+    d = {"panel": {"max_hit_fraction": 0.25}, "member": [{"name": n, "model": "package:smollm2-135m-instruct"} for n in "abcdefgh"]}
+    panel = panel_from_dict(d)
+    assert panel.threshold(8) == 2  # MMStar: drop when more than 2 of 8 hit
+    assert [m.name for m in panel.select(["c", "a"]).members] == ["a", "c"]
+    with pytest.raises(UserError, match="no panel member named 'z'"):
+        panel.select(["z"])
+
+
+# -- prompts -------------------------------------------------------------------------
+def test_prompt_layout_and_fewshot_prefix():
+    p = build_prompt("What colour is the sky?", ["red", "blue"], "Look up.", shots=2)
+    assert p.body == (
+        "Hint: Look up.\nQuestion: What colour is the sky?\nOptions:\nA. red\nB. blue\n"
+        "Answer with the option's letter from the given choices directly.\nAnswer:"
+    )
+    assert p.prefix == fewshot_prefix(2) and p.prefix.count("Question:") == 2 and p.prefix.endswith("\n\n")
+    assert build_prompt("q", ["x", "y"], shots=0).prefix == ""
+    msgs = chat_messages(p)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
+    assert msgs[1]["content"] == "B" and msgs[-1]["content"].endswith("directly.")
+
+
+def test_rotation_moves_the_key():
+    opts, key = rotate(["w", "x", "y", "z"], "C", 1)
+    assert opts == ["x", "y", "z", "w"] and key == "B"
+    assert rotate(["w", "x", "y", "z"], "A", 1)[1] == "D"
+    assert rotate(["w", "x"], "B", 2) == (["w", "x"], "B")
+
+
+# -- answer extraction ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("B", "B"), ("b.", "B"), ("C) yellow", "C"), ("The answer is (D).", "D"), ("Option a is right", "A"),
+        ("Answer: C", "C"), ("**B**", "B"), ("yellow", "C"), ("It is a yellow triangle.", "C"),
+        ("a circle", None), ("I cannot see the image.", None), ("", None), ("(A) or (B)", None), ("E", None),
+    ],
+)
+def test_extract_answer(reply, expected):
+    assert extract_answer(reply, ["red", "blue", "yellow", "green"]) == expected
+
+
+def test_extract_prefers_the_longer_option_when_one_contains_the_other():
+    assert extract_answer("dark red", ["red", "dark red", "blue"]) == "B"
+
+
+# -- cache ---------------------------------------------------------------------------
+def test_cache_key_holds_model_identity_and_template():
+    k = request_key("llamacpp|sha256:aa", "loglik", "mmstar-v1", "Q", n_letters=4)
+    assert k != request_key("llamacpp|sha256:bb", "loglik", "mmstar-v1", "Q", n_letters=4)
+    assert k != request_key("llamacpp|sha256:aa", "loglik", "mmstar-v2", "Q", n_letters=4)
+    assert k == request_key("llamacpp|sha256:aa", "loglik", "mmstar-v1", "Q", n_letters=4)
+
+
+def test_cache_writes_once_and_survives_reopen(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with ResponseCache(path) as c:
+        c.put_many("m", {"k1": {"logprobs": [-0.1, -2.5]}})
+        c.put_many("m", {"k1": {"logprobs": [9.9, 9.9]}, "k2": {"text": "B"}})  # k1 is not overwritten
+    with ResponseCache(path) as c:
+        assert c.get_many(["k1", "k2", "k3"]) == {"k1": {"logprobs": [-0.1, -2.5]}, "k2": {"text": "B"}}
+        assert c.count("m") == 2
+    rows = sqlite3.connect(path).execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM responses").fetchone()
+    assert rows == (2, 2)
+
+
+def test_file_hash_is_memoised(tmp_path):
+    f = tmp_path / "w.gguf"
+    f.write_bytes(b"x" * 1000)
+    with ResponseCache(tmp_path / "c.sqlite") as c:
+        h = c.file_sha256(f)
+        assert h == c.file_sha256(f) and len(h) == 64
+        f.write_bytes(b"y" * 1001)
+        assert c.file_sha256(f) != h
+
+
+# -- batching and statistics -----------------------------------------------------------
+def test_batches_are_fixed_by_the_whole_request_list():
+    prompts = [build_prompt("q" * n, ["a", "b"]) for n in (5, 50, 20, 50, 1)]
+    keys = [f"k{n}" for n in (5, 50, 20, 50, 1)]  # two identical requests share a key
+    batches = plan_batches(keys, prompts, 2)
+    assert batches == [[1, 2], [0, 4]]  # longest first, duplicate asked once
+    assert plan_batches(keys, prompts, 2) == batches
+
+
+def test_wilson_interval_matches_known_values():
+    lo, hi = wilson_interval(10, 40)
+    assert math.isclose(lo, 0.1419, abs_tol=1e-3) and math.isclose(hi, 0.4019, abs_tol=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_chance_corrected_hit_needs_margin_over_calibrated_prior():
+    biased = Competence("m", 100, 30, 0.25, 0.2, 0.4, {"A": 0.9, "B": 0.1}, (0.7, 0.1, 0.1, 0.1))
+    sure_a = Response("A", softmax([math.log(0.75), math.log(0.1), math.log(0.1), math.log(0.05)]), None)
+    assert not is_hit(sure_a, "A", 4, biased, margin=0.1, corrected=True)  # calibrated: ~flat, A at 0.29
+    assert is_hit(sure_a, "A", 4, biased, margin=0.1, corrected=False)
+    sure_b = Response("B", (0.3, 0.6, 0.05, 0.05), None)
+    assert is_hit(sure_b, "B", 4, biased, margin=0.1, corrected=True)
+    assert not is_hit(sure_b, "A", 4, biased, margin=0.1, corrected=True)
+    # raw argmax A, but after removing the member's love of A, C wins: a hit for key C
+    leaning_c = Response("A", (0.5, 0.05, 0.4, 0.05), None)
+    assert is_hit(leaning_c, "C", 4, biased, margin=0.1, corrected=True)
+    assert is_hit(Response("B", None, "B"), "B", 4, biased, margin=0.1, corrected=True)  # generate: letter only
+    assert is_hit(Response("B", (0.3, 0.7), None), "B", 2, biased, margin=0.1, corrected=True)  # 2 options: prior n/a
+
+
+def test_competence_flags_a_member_that_always_says_a():
+    items = [{"options": ["w", "x", "y", "z"], "answer": "ABCD"[i % 4]} for i in range(40)]
+    always_a = [Response("A", (0.9, 0.04, 0.03, 0.03), None)] * 40
+    c = summarise("m", items, always_a)
+    assert c.accuracy == 0.25 and c.at_chance and c.letter_bias == {"A": 1.0}
+    assert c.prior is not None and math.isclose(c.prior[0], 0.9)
+    knows = [Response(it["answer"], None, it["answer"]) for it in items]
+    assert not summarise("m", items, knows).at_chance
