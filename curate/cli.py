@@ -28,10 +28,11 @@ def _register_all() -> None:
     from curate import cli_ingest
     from curate import cli_build
     from curate import cli_audit
+    from curate import cli_pipeline
     from filters import cli as filters_cli
     from annotation import cli as annotation_cli
 
-    for module in (cli_ingest, filters_cli, annotation_cli, cli_build, cli_audit):
+    for module in (cli_ingest, filters_cli, annotation_cli, cli_build, cli_audit, cli_pipeline):
         module.register(app)
 
 

@@ -19,11 +19,16 @@ def register(app: typer.Typer) -> None:
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(help="Workspace folder for the demo.")] = Path("mmcurate-demo"),
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the demo workspace first (default: resume it).")] = False,
+    panel: Annotated[Optional[Path], typer.Option(help="Screening panel TOML (default: the offline default panel, Qwen2.5-Coder-1.5B).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Screen with the tiny SmolLM2-135M panel (fast, but a near-chance judge).")] = False,
 ) -> None:
     """Run the whole pipeline on the small demo pool shipped in data/demo/."""
+    from curate.assets import asset_path
     from curate.pipeline import demo_config, run_pipeline
 
-    run_pipeline(demo_config(workdir), fresh=fresh, console=out)
+    if quick and panel is None:
+        panel = asset_path("panel_tiny.toml")
+    run_pipeline(demo_config(workdir, panel=panel), fresh=fresh, console=out)
 
 
 def run_cmd(

@@ -93,14 +93,14 @@ def load_config(path: Path) -> PipelineConfig:
     )
 
 
-def demo_config(workdir: Path) -> PipelineConfig:
+def demo_config(workdir: Path, *, panel: Path | None = None) -> PipelineConfig:
     demo = asset_path("demo")
     sources = tuple(sorted(demo.glob("*.tsv")) + sorted(demo.glob("*.jsonl")))
     return PipelineConfig(
         workdir=Path(workdir),
         sources=sources,
         total=60,
-        panel=None,
+        panel=panel,
         export_dir=Path(workdir) / "export",
         export_formats=("hf", "tsv"),
     )
@@ -163,7 +163,7 @@ def _review(cfg: PipelineConfig, ws, console: Console) -> bool | None:
         note = "reviewed.parquet from an earlier pull is used" if ws.has("reviewed") else "balance uses the screened items"
         console.print(
             "no Label Studio server configured ([review] url) or running (`mmcurate review serve`): "
-            f"human review skipped; {note}", highlight=False,
+            f"human review skipped; {note}", highlight=False, markup=False,
         )
         return None
     from annotation.client import connect, push_workspace

@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 
 
-def _summary(report, df) -> None:
+def print_summary(report, df, console=None) -> None:
+    """The member table (competence, bias, hit rate vs chance) and the kept/dropped counts."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = console or Console(stderr=True)
     table = Table(title=f"panel {report.panel} ({report.panel_hash}), blind when hits > {report.threshold}")
     for col in ("member", "backend", "method", "controls acc [95% CI]", "at chance", "letter bias", "hit rate", "chance (uniform / biased)"):
         table.add_column(col)
@@ -42,17 +43,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         """Ask every panel member every question with the image withheld; write screened.parquet and the ledger."""
-        from curate.workspace import Workspace
-        from filters.cache import default_cache_path
-        from filters.panel import load_panel
-        from filters.screen import screen_ledger, screen_with_report, write_report
+        from filters.screen import screen_workspace
 
-        ws = Workspace(workdir)
         names = [m.strip() for m in members.split(",") if m.strip()] if members else None
-        df, report = screen_with_report(
-            ws.read("items"), load_panel(panel), cache_path=cache or default_cache_path(workdir), limit=limit, members=names, progress=progress
-        )
-        ws.write("screened", df)
-        ws.record("screen", screen_ledger(df))
-        write_report(report, ws.root / "screen_report.json")
-        _summary(report, df)
+        df, report = screen_workspace(workdir, panel, limit=limit, members=names, cache_path=cache, progress=progress)
+        print_summary(report, df)

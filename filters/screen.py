@@ -271,6 +271,32 @@ def screen(
     return screen_with_report(items, panel, cache_path=cache_path, limit=limit, members=members, progress=progress)[0]
 
 
+def screen_workspace(
+    workdir: str | Path,
+    panel_path: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    cache_path: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, ScreenReport]:
+    """Screen a workspace's ``items.parquet``: write ``screened.parquet``, the ledger rows and
+    ``screen_report.json`` (the CLI, ``mmcurate run`` and the demo all come through here)."""
+    from curate.workspace import Workspace
+    from filters.cache import default_cache_path
+    from filters.panel import load_panel
+
+    ws = Workspace(workdir)
+    df, report = screen_with_report(
+        ws.read("items"), load_panel(panel_path), cache_path=cache_path or default_cache_path(workdir),
+        limit=limit, members=members, progress=progress,
+    )
+    ws.write("screened", df)
+    ws.record("screen", screen_ledger(df))
+    write_report(report, ws.root / "screen_report.json")
+    return df, report
+
+
 def screen_ledger(screened: pl.DataFrame) -> pl.DataFrame:
     """One ledger row per item: kept, or dropped with the reason code of the filter that dropped it."""
     rule_drop = pl.col("rule_drop").fill_null(False) if "rule_drop" in screened.columns else pl.lit(False)

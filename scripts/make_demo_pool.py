@@ -100,6 +100,22 @@ def synthetic_items(rng: random.Random, out: Path, n_each: int) -> list[dict]:
         rng.shuffle(options)
         items.append({"id": f"tri-{i}", "question": "In the right triangle shown, what is the length of the hypotenuse?", "options": options,
                       "answer": "ABCD"[options.index(str(c))], "image": fname, "category": "geometry"})
+    cities = ["Avon", "Brill", "Corfe", "Dent", "Eyam", "Frome"]
+    for i in range(n_each):  # map: geography (directions are read off the drawn map)
+        names = rng.sample(cities, 4)
+        spots = rng.sample([(20, 18), (105, 38), (30, 100), (100, 78), (60, 58)], 4)  # distinct heights: one answer
+        img = Image.new("RGB", (160, 130), (235, 245, 225))
+        d = ImageDraw.Draw(img)
+        d.text((140, 4), "N", fill="black")
+        d.line([(144, 16), (144, 34)], fill="black")
+        for name, (x, y) in zip(names, spots):
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill="black")
+            d.text((x + 5, y - 5), name, fill="black")
+        fname = f"synthetic/map_{i}.png"
+        img.save(out / fname)
+        north = names[min(range(4), key=lambda k: (spots[k][1], spots[k][0]))]
+        items.append({"id": f"map-{i}", "question": "On this map (north is up), which town lies furthest north?", "options": names,
+                      "answer": "ABCD"[names.index(north)], "image": fname, "category": "map"})
     return items
 
 
@@ -151,7 +167,7 @@ def main() -> None:
         "| mmbench_samples.tsv | 54 | Apache-2.0 (LICENSE.MMBench-samples) | MMBench's official samples: VLMEvalKit TSV, base64 images, hints; English and Chinese rows share images |\n"
         f"| easy_vqa_mcq.jsonl + images/ | {len(evqa)} | MIT (LICENSE.easy-vqa) | easy-VQA shape/colour questions turned into multiple choice: they need the image |\n"
         f"| mmlu_unrelated_image.jsonl | {len(mmlu)} | MIT (MMLU, Hendrycks et al.) | MMLU knowledge questions with an unrelated picture: answerable without looking |\n"
-        f"| synthetic_charts.jsonl + synthetic/ | {len(synthetic)} | CC0 (drawn by the script) | bar charts, circles to count, right triangles with the leg lengths only in the picture: math and counting items that need the image |\n"
+        f"| synthetic_charts.jsonl + synthetic/ | {len(synthetic)} | CC0 (drawn by the script) | bar charts, circles to count, right triangles with the leg lengths only in the picture, town maps: math, counting and geography items that need the image |\n"
         f"| flawed_rows.jsonl | {len(flawed)} | CC0 (written for this demo from easy-VQA rows) | the defects real pools have: an open question, a key not among the options, duplicated options, an image path escaping the folder, a missing image, an empty question |\n\n"
         "Built by `python scripts/make_demo_pool.py` from ../shared/data (seed 0).\n"
     )

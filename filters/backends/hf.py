@@ -28,8 +28,14 @@ def letter_token_ids(encode, n: int = len(LETTERS)) -> list[int]:
 
 class TransformersBackend:
     def __init__(self, member: Member, cache: ResponseCache, *, use_prefix_cache: bool = True):
+        import os
+
+        os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF de-quantizing bars would garble our rich progress
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.member = member
         self.use_prefix_cache = use_prefix_cache
