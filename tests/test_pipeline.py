@@ -1,0 +1,79 @@
+"""The whole pipeline as a user runs it: `mmcurate demo`, `mmcurate run config.toml`, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pytest
+
+from curate.errors import UserError
+from curate.pipeline import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mmcurate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "curate.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_resumes(tmp_path):
+    res = mmcurate("demo", "--quick", "--workdir", "demo", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ws = tmp_path / "demo"
+    for name in ("items.parquet", "screened.parquet", "balanced.parquet", "ledger.parquet", "screen_report.json"):
+        assert (ws / name).is_file(), name
+    ledger = pl.read_parquet(ws / "ledger.parquet")
+    ingest = ledger.filter(pl.col("stage") == "ingest")
+    demo_rows = sum(1 for f in (REPO / "data" / "demo").glob("*.jsonl") for _ in f.open()) + 54
+    assert ingest.height == demo_rows  # every input row accounted for
+    screened = pl.read_parquet(ws / "screened.parquet")
+    assert {"hits", "n_members", "blind", "rule_drop"} <= set(screened.columns)
+    assert ledger.filter(pl.col("stage") == "screen").height == screened.height
+    balanced = pl.read_parquet(ws / "balanced.parquet")
+    assert 0 < balanced.height <= 60
+    assert not balanced["blind"].any() and not balanced["rule_drop"].any()  # only survivors are selected
+    assert set(balanced["category"]) <= {"coarse perception", "fine-grained perception", "instance reasoning", "logical reasoning", "science & technology", "math"}
+    hf = datasets.load_from_disk(str(ws / "export" / "hf"))
+    assert hf["test"].num_rows == balanced.height
+    assert (ws / "export" / "tsv" / "tsv.tsv").is_file()
+    assert "what happened to every input row" in res.stdout
+
+    before = {p.name: p.stat().st_mtime_ns for p in ws.glob("*.parquet")}
+    again = mmcurate("demo", "--quick", "--workdir", "demo", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "items.parquet exists: skipped" in again.stdout
+    assert "screened.parquet is up to date: skipped" in again.stdout
+    assert "balanced.parquet is up to date: skipped" in again.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in ws.glob("*.parquet") if p.name != "ledger.parquet"}
+    assert all(after[k] == before[k] for k in after)
+
+
+def test_run_config_errors_are_one_line(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('workdir = "ws"\n[ingest]\nsources = ["a.tsv"]\n[balanse]\ntotal = 10\n')
+    with pytest.raises(UserError, match=r"unknown key 'balanse'"):
+        load_config(cfg)
+    cfg.write_text('workdir = "ws"\n[ingest]\nsources = ["a.tsv"]\n[balance]\ntotl = 10\n')
+    with pytest.raises(UserError, match=r"unknown key\(s\) \['totl'\] in \[balance\]"):
+        load_config(cfg)
+    res = mmcurate("run", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error:")
+
+
+def test_run_config_paths_are_relative_to_the_file(tmp_path, shared_data):
+    cfg = tmp_path / "conf" / "run.toml"
+    cfg.parent.mkdir()
+    src = shared_data / "vlmevalkit" / "MMBench_samples.tsv"
+    cfg.write_text(f'workdir = "../ws"\n[ingest]\nsources = ["{src}"]\n[balance]\ntotal = 12\n[export]\nto = "out"\nformats = ["jsonl"]\n')
+    conf = load_config(cfg)
+    assert conf.workdir == tmp_path / "ws" and conf.export_dir == cfg.parent / "out" and conf.total == 12
+    res = mmcurate("run", str(cfg), "--until", "ingest", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert pl.read_parquet(tmp_path / "ws" / "items.parquet").height == 54
+    assert not (tmp_path / "ws" / "screened.parquet").exists()
