@@ -58,14 +58,19 @@ def balance_cmd(
         return
     with out.status("solving the selection (HiGHS)"):
         res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap)
+    print_balance(res, workdir, out)
+
+
+def print_balance(res, workdir, console: Console) -> None:
+    """Counts per capability / dimension, warnings and the shortfall table (CLI, `run` and `demo`)."""
     if res.suggested:
-        out.print("some items had no dimension: suggested ones were used (run `mmcurate suggest` to keep them)")
-    out.print(_counts(res.selected))
+        console.print("some items had no dimension: suggested ones were used (run `mmcurate suggest` to keep them)")
+    console.print(_counts(res.selected))
     for w in res.warnings:
-        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if res.shortfall.height:
-        out.print(_shortfall(res.shortfall))
-    out.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {workdir}/balanced.parquet", highlight=False)
+        console.print(_shortfall(res.shortfall))
+    console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {workdir}/balanced.parquet", highlight=False)
 
 
 def _counts(df) -> Table:

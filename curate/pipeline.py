@@ -29,7 +29,7 @@ class PipelineConfig:
     panel: Path | None = None  # None: the default offline panel
     screen_limit: int | None = None
     review_url: str | None = None
-    review_project: str = "mmcurate"
+    review_project: str = "mmcurate review"  # the CLI's default title, so `mmcurate review status` finds it
     min_reviewers: int = 3
     total: int = 1500
     strict: bool = False
@@ -84,7 +84,7 @@ def load_config(path: Path) -> PipelineConfig:
         panel=_path(base, scr.get("panel")),
         screen_limit=scr.get("limit"),
         review_url=rev.get("url"),
-        review_project=rev.get("project", "mmcurate"),
+        review_project=rev.get("project", "mmcurate review"),
         min_reviewers=int(rev.get("min_reviewers", 3)),
         total=int(bal.get("total", 1500)),
         strict=bool(bal.get("strict", False)),
@@ -171,27 +171,30 @@ def _review(cfg: PipelineConfig, ws, console: Console) -> bool | None:
 
     client = connect(cfg.workdir, url)
     pushed = push_workspace(cfg.workdir, client, cfg.review_project)
-    console.print(f"pushed to {url}: {pushed}", highlight=False)
+    console.print(f"pushed to {url}: {pushed.pushed} new tasks, {pushed.already} already there", highlight=False)
     result = pull(cfg.workdir, client, cfg.review_project, min_reviewers=cfg.min_reviewers)
-    console.print(f"pulled: {result}", highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    console.print(f"pulled verdicts -> reviewed.parquet: {counts}", highlight=False)
+    waiting = result.counts.get("quarantined", 0)  # awaiting review, incomplete verdicts, not pushed
+    if waiting:
+        console.print(
+            f"{waiting} items have no complete verdict yet (fewer than {cfg.min_reviewers} reviewers): the pipeline "
+            "stops here; run it again when the reviewers are done", highlight=False,
+        )
+        return False
     return None
 
 
 def _balance(cfg: PipelineConfig, ws, console: Console) -> None:
     from curate.balance import balance_workspace
-    from curate.cli_build import _counts, _shortfall
+    from curate.cli_build import print_balance
 
     upstream = ws.newest(("reviewed", "screened", "items"))
     if _fresh(ws, "balanced", upstream):
         console.print("balanced.parquet is up to date: skipped")
         return
     res = balance_workspace(cfg.workdir, total=cfg.total, seed=cfg.seed, strict=cfg.strict)
-    console.print(_counts(res.selected))
-    for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    if res.shortfall.height:
-        console.print(_shortfall(res.shortfall))
-    console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {ws.path('balanced')}", highlight=False)
+    print_balance(res, cfg.workdir, console)
 
 
 def _export(cfg: PipelineConfig, ws, console: Console) -> None:
