@@ -42,7 +42,7 @@ def _path(base: Path, value: str | None) -> Path | None:
     if value is None:
         return None
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p)
+    return p if p.is_absolute() else (base / p).resolve()
 
 
 KNOWN = {
