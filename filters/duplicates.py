@@ -21,6 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curate.errors import UserError
+from filters.checks import check_frame
 from filters.leak import normalise_text
 
 if TYPE_CHECKING:
@@ -81,15 +82,7 @@ def _group_columns(
             reasons[i] = describe(i, int(partner[i]), float(best[i]), ids) + (
                 f'; group kept "{ids[keep]}"' if partner[i] != keep else ""
             )
-    return pl.DataFrame(
-        {
-            "item_id": items["item_id"],
-            f"{name}_flag": pl.Series(flags, dtype=pl.Boolean),
-            f"{name}_score": pl.Series(best.tolist(), dtype=pl.Float64),
-            f"{name}_reason": pl.Series(reasons, dtype=pl.String),
-            f"{name}_group": pl.Series(group, dtype=pl.String),
-        }
-    )
+    return check_frame(name, items["item_id"], flags, best.tolist(), reasons, group=pl.Series(group, dtype=pl.String))
 
 
 # ---------------------------------------------------------------------------------------------

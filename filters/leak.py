@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from filters.checks import check_frame
+
 if TYPE_CHECKING:
     from filters.rules import RuleConfig
 
@@ -230,11 +232,4 @@ def check_answer_leak(items: pl.DataFrame, config: RuleConfig) -> pl.DataFrame:
         flags.append(f)
         scores.append(s)
         reasons.append(r)
-    return pl.DataFrame(
-        {
-            "item_id": items["item_id"],
-            f"{NAME}_flag": pl.Series(flags, dtype=pl.Boolean),
-            f"{NAME}_score": pl.Series(scores, dtype=pl.Float64),
-            f"{NAME}_reason": pl.Series(reasons, dtype=pl.String),
-        }
-    )
+    return check_frame(NAME, items["item_id"], flags, scores, reasons)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from filters.checks import check_frame
 from filters.leak import normalise_text
 
 if TYPE_CHECKING:
@@ -107,12 +108,4 @@ def check_malformed(items: pl.DataFrame, config: RuleConfig) -> pl.DataFrame:
         scores.append(1.0 if drop else 0.5 if soft else 0.0)
         reasons.append("; ".join(hard + soft) or None)
         drops.append(drop)
-    return pl.DataFrame(
-        {
-            "item_id": items["item_id"],
-            f"{NAME}_flag": pl.Series(flags, dtype=pl.Boolean),
-            f"{NAME}_score": pl.Series(scores, dtype=pl.Float64),
-            f"{NAME}_reason": pl.Series(reasons, dtype=pl.String),
-            f"{NAME}_drop": pl.Series(drops, dtype=pl.Boolean),
-        }
-    )
+    return check_frame(NAME, items["item_id"], flags, scores, reasons, drop=pl.Series(drops, dtype=pl.Boolean))
