@@ -150,11 +150,11 @@ def ingest_to_workspace(
                 if reason:
                     src.reasons[(status, reason)] += 1
                 if len(batch) >= BATCH_ROWS:
-                    writer.write(_frame(batch))
+                    writer.write_arrow(_arrow_batch(batch, writer))
                     batch.clear()
                 if on_row is not None:
                     on_row(src.source, src.rows)
-            writer.write(_frame(batch))
+            writer.write_arrow(_arrow_batch(batch, writer))
     except BaseException:
         writer.abort()
         raise
@@ -163,14 +163,10 @@ def ingest_to_workspace(
     return IngestResult(ws.root, summaries, writer.rows)
 
 
-_ARROW_ITEMS = pl.DataFrame(schema=ITEM_SCHEMA).to_arrow().schema
-
-
-def _frame(batch: list[dict]) -> pl.DataFrame:
-    """Items as a frame, built column-wise through Arrow (polars' per-row list construction is
-    the bottleneck of text-only ingest otherwise)."""
-    table = pa.Table.from_pydict({k: [r[k] for r in batch] for k in ITEM_SCHEMA}, schema=_ARROW_ITEMS)
-    return pl.from_arrow(table)
+def _arrow_batch(batch: list[dict], writer: StreamingParquetWriter) -> pa.Table:
+    """Items built column-wise straight into Arrow (polars' per-row list construction was the
+    bottleneck of text-only ingest, and a polars frame would only be converted back)."""
+    return pa.Table.from_pydict({k: [r[k] for r in batch] for k in ITEM_SCHEMA}, schema=writer.arrow_schema)
 
 
 def ingest(sources: str | Path | Iterable[str | Path], out: str | Path | None = None, **kwargs) -> pl.DataFrame:

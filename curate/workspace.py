@@ -66,16 +66,22 @@ class StreamingParquetWriter:
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self._schema = schema
-        self._arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
-        self._writer = pq.ParquetWriter(self._tmp, self._arrow_schema, compression="zstd", compression_level=3)
+        self.arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
+        self._writer = pq.ParquetWriter(self._tmp, self.arrow_schema, compression="zstd", compression_level=3)
         self.rows = 0
 
     def write(self, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
         table = conform(df, self._schema).select(list(self._schema)).to_arrow()
-        self._writer.write_table(pa.Table.from_batches(table.cast(self._arrow_schema).to_batches(), self._arrow_schema))
-        self.rows += df.height
+        self.write_arrow(pa.Table.from_batches(table.cast(self.arrow_schema).to_batches(), self.arrow_schema))
+
+    def write_arrow(self, table: pa.Table) -> None:
+        """Write a table already in ``arrow_schema`` (ingest builds its batches straight in Arrow)."""
+        if table.num_rows == 0:
+            return
+        self._writer.write_table(table)
+        self.rows += table.num_rows
 
     def close(self) -> Path:
         self._writer.close()
