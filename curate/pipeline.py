@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -35,7 +35,6 @@ class PipelineConfig:
     strict: bool = False
     export_dir: Path | None = None
     export_formats: tuple[str, ...] = ("hf",)
-    extra: dict = field(default_factory=dict, hash=False)
 
 
 def _path(base: Path, value: str | None) -> Path | None:
