@@ -20,10 +20,11 @@ import polars as pl
 import pyarrow as pa
 
 from curate.errors import RowError, UserError
-from curate.formats import ReadOptions, detect_format, get_reader
+from curate import columnar
+from curate.formats import ReadOptions, SourceRow, detect_format, get_reader, tables
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.normalize import Dropped, NormalizeOptions, normalize_row
-from curate.schema import ITEM_SCHEMA, LEDGER_SCHEMA, validate_items
+from curate.schema import ITEM_SCHEMA, LEDGER_SCHEMA, conform, validate_items
 from curate.taxonomy import default_taxonomy
 from curate.workspace import StreamingParquetWriter, Workspace
 
@@ -93,11 +94,14 @@ def ingest_to_workspace(
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_row: Callable[[str, int], None] | None = None,
+    columnar_path: bool = True,
 ) -> IngestResult:
     """Ingest ``sources`` into the workspace ``out`` (streaming; the CLI and benchmarks use this).
 
     Re-ingesting a file replaces its items and ledger rows; items from other files stay.
     ``on_row(source, n)`` is called as rows are read (for progress bars).
+    ``columnar_path=False`` normalises whole text tables row by row too (same output, slower;
+    for checking the columnar path, see ``curate.columnar``).
     """
     paths = [Path(s) for s in sources]
     if not paths:
@@ -110,7 +114,7 @@ def ingest_to_workspace(
     taxonomy = default_taxonomy()
     opts_read = ReadOptions(image_root=Path(image_root) if image_root else None, column_map=column_map or {})
 
-    ledger_rows: list[dict] = []
+    ledgers: list[_Accountant] = []
     summaries: list[SourceSummary] = []
     seen: set[str] = set()
     writer = StreamingParquetWriter(ws.path("items"), ITEM_SCHEMA)
@@ -123,32 +127,23 @@ def ingest_to_workspace(
             src = SourceSummary(name or source_name(path), str(path), fmt)
             summaries.append(src)
             nopts = NormalizeOptions(src.source, str(path), column_map or {}, taxonomy, open_to_mcq, seed, max_pixels)
+            account = _Accountant(path, src, seen)
+            ledgers.append(account)
+            frame = tables.read_xlsx_frame(path) if fmt == "xlsx" else None
+            if columnar_path and frame is not None and frame.height and columnar.applicable(frame, nopts):
+                _check_question_column(path, dict.fromkeys(frame.columns), column_map or {})
+                _ingest_frame(frame, nopts, opts_read, account, writer)
+                if on_row is not None:
+                    on_row(src.source, src.rows)
+                continue
+            rows = tables.rows_of_frame(frame, opts_read) if frame is not None else get_reader(fmt)(path, opts_read)
             batch: list[dict] = []
-            for srow in get_reader(fmt)(path, opts_read):
+            for srow in rows:
                 if src.rows == 0 and srow.error is None:
                     _check_question_column(path, srow.data, column_map or {})
-                src.rows += 1
-                status, reason, fld, detail, item_id = "kept", None, None, None, None
-                try:
-                    item = normalize_row(srow, nopts)
-                    item_id = item["item_id"]
-                    if item_id in seen:
-                        raise RowError("duplicate_id", "index", f"item_id {item_id!r} already exists (index repeated in the file, or the same source ingested under this name)")
-                    seen.add(item_id)
+                item = account.row(srow, nopts)
+                if item is not None:
                     batch.append(item)
-                except RowError as exc:
-                    status, reason, fld, detail = "quarantined", exc.reason, exc.field, exc.detail
-                except Dropped as exc:
-                    status, reason, detail = "dropped", exc.reason, exc.detail
-                if detail is not None:
-                    where = f"row {srow.row}" + (f" ({srow.where})" if srow.where else "")
-                    detail = f"{path}: {where}" + (f", field {fld!r}" if fld else "") + f": {detail}"
-                ledger_rows.append(
-                    {"source_file": str(path), "row": srow.row, "item_id": item_id, "status": status, "reason": reason, "field": fld, "detail": detail}
-                )
-                src.counts[status] += 1
-                if reason:
-                    src.reasons[(status, reason)] += 1
                 if len(batch) >= BATCH_ROWS:
                     writer.write_arrow(_arrow_batch(batch, writer))
                     batch.clear()
@@ -159,9 +154,118 @@ def ingest_to_workspace(
         writer.abort()
         raise
     writer.close()
-    ws.record("ingest", pl.DataFrame(ledger_rows, schema=LEDGER_SCHEMA), replace=pl.col("source_file").is_in(list(new_files)))
+    ledger = pl.concat([a.ledger() for a in ledgers], how="vertical") if ledgers else pl.DataFrame(schema=LEDGER_SCHEMA)
+    ws.record("ingest", ledger, replace=pl.col("source_file").is_in(list(new_files)))
     return IngestResult(ws.root, summaries, writer.rows)
 
+
+class _Accountant:
+    """One ledger row per source row of one file, and the ``item_id`` uniqueness check across files."""
+
+    def __init__(self, path: Path, src: SourceSummary, seen: set[str]):
+        self.path, self.src, self.seen = path, src, seen
+        self.ledger_rows: list[dict] = []
+        self.ledger_parts: list[pl.DataFrame] = []
+
+    def row(self, srow: SourceRow, nopts: NormalizeOptions) -> dict | None:
+        """Normalise one row (``normalize_row``) and account for it; the item when kept."""
+        return self.settle(srow, _outcome(srow, nopts))
+
+    def settle(self, srow: SourceRow, outcome: dict | RowError | Dropped) -> dict | None:
+        """Account for a row's outcome; the item when kept."""
+        if isinstance(outcome, RowError):
+            self.record(srow, None, "quarantined", outcome.reason, outcome.field, outcome.detail)
+            return None
+        if isinstance(outcome, Dropped):
+            self.record(srow, None, "dropped", outcome.reason, None, outcome.detail)
+            return None
+        return outcome if self.keep(srow, outcome["item_id"]) else None
+
+    def add_kept(self, kept: pl.DataFrame) -> None:
+        """Account for rows (``row``, ``item_id``) known to be kept, all at once."""
+        self.seen.update(kept["item_id"].to_list())
+        self.ledger_parts.append(
+            kept.select(pl.lit(str(self.path)).alias("source_file"), "row", "item_id", pl.lit("kept").alias("status"))
+        )
+        self.src.rows += kept.height
+        self.src.counts["kept"] += kept.height
+
+    def ledger(self) -> pl.DataFrame:
+        """This file's ledger rows, in row order."""
+        parts = [pl.DataFrame(self.ledger_rows, schema=LEDGER_SCHEMA)] + [conform(p, LEDGER_SCHEMA) for p in self.ledger_parts]
+        ledger = pl.concat([p.select(list(LEDGER_SCHEMA)) for p in parts], how="vertical")
+        return ledger.sort("row", maintain_order=True) if self.ledger_parts else ledger
+
+    def keep(self, srow: SourceRow, item_id: str) -> bool:
+        """Record a valid item as kept, or quarantine it when its id was already taken."""
+        if item_id in self.seen:
+            detail = f"item_id {item_id!r} already exists (index repeated in the file, or the same source ingested under this name)"
+            self.record(srow, None, "quarantined", "duplicate_id", "index", detail)
+            return False
+        self.seen.add(item_id)
+        self.record(srow, item_id, "kept", None, None, None)
+        return True
+
+    def record(self, srow: SourceRow, item_id: str | None, status: str, reason: str | None, fld: str | None, detail: str | None) -> None:
+        if detail is not None:
+            where = f"row {srow.row}" + (f" ({srow.where})" if srow.where else "")
+            detail = f"{self.path}: {where}" + (f", field {fld!r}" if fld else "") + f": {detail}"
+        self.ledger_rows.append(
+            {"source_file": str(self.path), "row": srow.row, "item_id": item_id, "status": status, "reason": reason, "field": fld, "detail": detail}
+        )
+        self.src.rows += 1
+        self.src.counts[status] += 1
+        if reason:
+            self.src.reasons[(status, reason)] += 1
+
+
+def _ingest_frame(frame: pl.DataFrame, nopts: NormalizeOptions, opts_read: ReadOptions, account: _Accountant, writer: StreamingParquetWriter) -> None:
+    """A whole text table: the columnar path decides the clean rows, ``normalize_row`` the rest,
+    and ledger and items come out in row order exactly as the row path writes them."""
+    fast, slow = columnar.normalize_frame(frame, nopts)
+    slow_rows = tables.rows_of_frame(frame, opts_read, iter((slow.arg_true() + 1).to_list()))
+    outcomes = {srow.row: (srow, _outcome(srow, nopts)) for srow in slow_rows}
+    slow_ids = [out["item_id"] for _, out in outcomes.values() if isinstance(out, dict)]
+    ids = fast["item_id"]
+    clash = (
+        ids.is_duplicated().any()
+        or ids.is_in(list(account.seen)).any()
+        or len(set(slow_ids)) < len(slow_ids)
+        or not account.seen.isdisjoint(slow_ids)
+        or ids.is_in(slow_ids).any()
+    )
+    if clash:  # rare: replay row by row so the first occurrence of an id wins, as in the row path
+        keep_fast = []
+        slow_items = []
+        fast_rows = dict(zip(fast["row"].to_list(), ids.to_list()))
+        for row_no in range(1, frame.height + 1):
+            if row_no in fast_rows:
+                keep_fast.append(account.keep(SourceRow(row_no, {}), fast_rows[row_no]))
+            else:
+                item = account.settle(*outcomes[row_no])
+                if item is not None:
+                    slow_items.append(item)
+        fast = fast.filter(pl.Series(keep_fast, dtype=pl.Boolean))
+    else:  # every id is new: account for the fast rows a column at a time
+        slow_items = [item for item in (account.settle(*o) for o in outcomes.values()) if item is not None]
+        account.add_kept(fast.select("row", "item_id"))
+    # A few hundred slow items at most: polars builds them (pyarrow's list conversion would import pandas,
+    # a tenth of a second on a cold start) and merges them in row order.
+    if slow_items:
+        fast = pl.concat([fast, pl.DataFrame(slow_items, schema=ITEM_SCHEMA)], how="vertical").sort("row")
+    table = fast.to_arrow()
+    if not table.schema.equals(writer.arrow_schema):  # same polars types give the same Arrow types: no cast (and no pyarrow.compute import)
+        table = table.cast(writer.arrow_schema)
+    for start in range(0, table.num_rows, BATCH_ROWS * 20):
+        writer.write_arrow(table.slice(start, BATCH_ROWS * 20))
+
+
+def _outcome(srow: SourceRow, nopts: NormalizeOptions) -> dict | RowError | Dropped:
+    """``normalize_row``'s item, or the exception it raised (accounted for later, in row order)."""
+    try:
+        return normalize_row(srow, nopts)
+    except (RowError, Dropped) as exc:
+        return exc
 
 def _arrow_batch(batch: list[dict], writer: StreamingParquetWriter) -> pa.Table:
     """Items built column-wise straight into Arrow (polars' per-row list construction was the

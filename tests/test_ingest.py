@@ -368,3 +368,56 @@ def test_schema_is_the_documented_one(shared_data, tmp_path):
         (tmp_path / "items.parquet").write_bytes(b"PAR1garbage")
         ws.read("items")
     shutil.rmtree(tmp_path)
+
+
+# --- the columnar path for whole text tables agrees with the row path ------------------------
+
+
+@pytest.mark.parametrize("name", ["SEEDBench_IMG_vila13b.xlsx", "MMBench_DEV_llava13b.xlsx", "ScienceQA_TEST_vila13b.xlsx"])
+def test_columnar_path_equals_row_path_on_real_xlsx(shared_data, tmp_path, name):
+    src = shared_data / "text_pools" / name
+    ingest_to_workspace([src], tmp_path / "columnar")
+    ingest_to_workspace([src], tmp_path / "rows", columnar_path=False)
+    for file in ("items.parquet", "ledger.parquet"):
+        a, b = pl.read_parquet(tmp_path / "columnar" / file), pl.read_parquet(tmp_path / "rows" / file)
+        assert a.equals(b), f"{name}: {file} differs between the columnar and the row path"
+
+
+def test_columnar_path_accepts_only_rows_the_row_path_keeps_identically():
+    """Tricky cells: each row either takes the row path, or gives exactly normalize_row's item."""
+    from curate import columnar
+    from curate.formats import SourceRow
+    from curate.normalize import Dropped, NormalizeOptions, normalize_row
+    from curate.taxonomy import default_taxonomy
+    from curate.errors import RowError
+
+    rows = [
+        # question, hint, A, B, C, D, answer, index, category
+        ("\x85\u3000How many cars?\u2003", None, "One", "Two", None, None, " b ", "7", "Instances Counting"),  # Python-only whitespace
+        ('Say "hi"\\ back\nnow\tplease', 'a "quoted" hint', "x", "y", "z", None, "c", "", "Scene Understanding"),  # JSON escapes, blank index
+        ("Which colour?", None, "Red  car", "red car", "blue", "green", "A", "9", None),  # duplicate after case/space folding
+        ("Which one?", None, "café", "Café", "tea", "milk", "A", "10", None),  # non-ASCII options
+        ("Bell\x07?", None, "a", "b", None, None, "A", "11", None),  # control character: JSON \u0007
+        ("Gap?", None, "a", None, "c", None, "A", "12", None),  # B empty, C present
+        ("   ", None, "a", "b", None, None, "A", "13", None),  # blank question
+        ("Out of range?", None, "a", "b", "c", "d", "E", "14", None),
+        ("Spelled out?", None, "a", "b", "c", "d", "(B)", "15", None),  # decorated letter: row path's job
+        ("Plain?", "", "yes", "no", "", "", "B", "16", "Instance Location"),
+    ]
+    names = ["question", "hint", "A", "B", "C", "D", "answer", "index", "category"]
+    df = pl.DataFrame([dict(zip(names, r)) for r in rows], schema={n: pl.String for n in names})
+    opts = NormalizeOptions("seed_tricky", "tricky.xlsx", {}, default_taxonomy())
+    assert columnar.applicable(df, opts)
+    fast, slow = columnar.normalize_frame(df, opts)
+    by_row = {d["row"]: d for d in fast.to_dicts()}
+    assert slow.to_list() == [False, False, True, True, True, True, True, True, True, False]
+    for i, rec in enumerate(df.iter_rows(named=True), 1):
+        try:
+            expected = normalize_row(SourceRow(i, rec), opts)
+        except (RowError, Dropped):
+            expected = None
+        if not slow[i - 1]:
+            assert expected is not None and by_row[i] == expected, f"row {i}"
+    assert by_row[1]["question"] == "How many cars?" and by_row[1]["answer"] == "B"
+    assert by_row[2]["orig_index"] == "2" and json.loads(by_row[2]["meta"])["question"].endswith("now\tplease")
+    assert by_row[10]["options"] == ["yes", "no"] and by_row[10]["l2_category"] == "localization"

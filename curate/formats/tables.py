@@ -49,17 +49,32 @@ def _pick_image_column(columns: list[str], opts: ReadOptions) -> str | None:
     return next((c for c in IMAGE_COLUMNS if c in columns), None)
 
 
-def read_xlsx(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
-    """A VLMEvalKit result file (question columns + ``prediction``); no images."""
+def read_xlsx_frame(path: Path):
+    """The first sheet as a polars frame of text cells (what both xlsx paths of ingest start from)."""
     import polars as pl
 
     try:
         df = pl.read_excel(path, infer_schema_length=0)
     except Exception as exc:  # fastexcel raises its own types for a broken zip
         raise UserError(f"{path}: not a readable xlsx workbook ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-    df = df.select(pl.all().cast(pl.String))
+    return df.select(pl.all().cast(pl.String))
+
+
+def rows_of_frame(df, opts: ReadOptions, rows: Iterator[int] | None = None) -> Iterator[SourceRow]:
+    """SourceRows of a frame read whole (all rows, or the 1-based ``rows`` given, in order)."""
     image_col = _pick_image_column(df.columns, opts)
-    yield from _rows_from_records(iter(df.iter_rows(named=True)), image_col)
+    if rows is None:
+        yield from _rows_from_records(iter(df.iter_rows(named=True)), image_col)
+        return
+    for row_no in rows:
+        rec = df.row(row_no - 1, named=True)
+        images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
+        yield SourceRow(row_no, rec, images, has_image_column=image_col is not None)
+
+
+def read_xlsx(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
+    """A VLMEvalKit result file (question columns + ``prediction``); no images."""
+    yield from rows_of_frame(read_xlsx_frame(path), opts)
 
 
 def read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
