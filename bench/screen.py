@@ -1,4 +1,9 @@
-"""Screening throughput on one member and the same N MMLU questions (default 200).
+"""Screening throughput on one member and the same N questions (default 200).
+
+The questions are what screening spends its time on: by default N questions of SEED-Bench
+(../shared/data, a seeded sample across its categories, as ``mmcurate audit`` would ask them);
+``--questions mmlu`` uses the shipped MMLU control questions instead (longer: ~136 tokens
+against a ~96-token 2-shot prefix, so the prefix cache can save at most ~1.7x there).
 
 Prints:
   1. samples/s of ``loglik`` vs ``generate`` (target >= 5x),
@@ -39,6 +44,22 @@ def matmul_peak_gflops(threads: int | None, size: int = 2048, reps: int = 10) ->
     return best
 
 
+def load_questions(kind: str, n: int) -> list[dict]:
+    """``n`` questions with options: the MMLU controls, or a seeded sample of SEED-Bench."""
+    if kind == "mmlu":
+        from filters.competence import control_items
+
+        return list(control_items())[:n]
+    import tempfile
+
+    from curate.ingest import ingest
+
+    seed_xlsx = Path(__file__).resolve().parents[2] / "shared" / "data" / "text_pools" / "SEEDBench_IMG_vila13b.xlsx"
+    with tempfile.TemporaryDirectory() as tmp:
+        items = ingest(seed_xlsx, out=tmp)
+    return items.sample(n=min(n, items.height), seed=0).select("question", "options", "hint").to_dicts()
+
+
 def run(backend, prompts, method: str, batch_size: int) -> float:
     """Seconds to answer all prompts (length-sorted batches, as filters.scoring does)."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].text))
@@ -59,11 +80,11 @@ def main() -> None:
     ap.add_argument("--member", default=None, help="member name (default: the panel's first)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--generate-n", type=int, default=None, help="questions for generate (default: --n)")
+    ap.add_argument("--questions", choices=["seed", "mmlu"], default="seed", help="SEED-Bench sample (default) or the MMLU controls")
     args = ap.parse_args()
 
     from filters.backends import open_backend, resolve_backend_name
     from filters.cache import ResponseCache
-    from filters.competence import control_items
     from filters.panel import load_panel
     from filters.prompts import build_prompt
 
@@ -71,9 +92,9 @@ def main() -> None:
     panel = load_panel(panel_path)
     member = panel.member(args.member) if args.member else panel.members[0]
     member = dataclasses.replace(member, shots=2, max_new_tokens=16, **({"batch_size": args.batch_size} if args.batch_size else {}))
-    items = list(control_items())[: args.n]
+    items = load_questions(args.questions, args.n)
     n_gen = min(args.generate_n or args.n, len(items))
-    p2 = [build_prompt(it["question"], it["options"], shots=2) for it in items]
+    p2 = [build_prompt(it["question"], it["options"], it.get("hint"), shots=2) for it in items]
 
     peak = matmul_peak_gflops(member.n_threads)
     with ResponseCache(Path("/tmp") / "mmcurate-bench-hashes.sqlite") as cache:  # only memoises the weight-file hash
@@ -81,7 +102,7 @@ def main() -> None:
         backend = open_backend(member, cache)
         load_s = time.perf_counter() - t
         kind = resolve_backend_name(member)
-        print(f"member {member.name} ({kind}, {member.dtype}), {len(items)} MMLU questions, batch {member.batch_size}, "
+        print(f"member {member.name} ({kind}, {member.dtype}), {len(items)} {args.questions.upper()} questions, batch {member.batch_size}, "
               f"threads {member.n_threads}, load {load_s:.1f} s")
         print(f"fp32 matmul peak (torch, 2048^3 GEMM): {peak:.1f} GFLOP/s")
 
