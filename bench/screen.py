@@ -102,7 +102,7 @@ def main() -> None:
         backend = open_backend(member, cache)
         load_s = time.perf_counter() - t
         kind = resolve_backend_name(member)
-        print(f"member {member.name} ({kind}, {member.dtype}), {len(items)} {args.questions.upper()} questions, batch {member.batch_size}, "
+        print(f"member {member.name} ({kind}{', ' + member.dtype if kind == 'transformers' else ''}), {len(items)} {args.questions.upper()} questions, batch {member.batch_size}, "
               f"threads {member.n_threads}, load {load_s:.1f} s")
         print(f"fp32 matmul peak (torch, 2048^3 GEMM): {peak:.1f} GFLOP/s")
 
