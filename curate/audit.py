@@ -151,6 +151,8 @@ def summarize(
             row["counted"] = rep.get("counted")
             row["chance_hit_panel"] = rep.get("expected_chance_hit_rate")
             row["chance_hit_biased"] = rep.get("expected_biased_hit_rate")
+            if rep.get("throughput"):
+                row["throughput"] = rep["throughput"]
             comp = rep.get("competence")
             if comp:
                 row["competence"] = {k: comp.get(k) for k in ("n", "correct", "accuracy", "ci_low", "ci_high", "chance", "at_chance")}
@@ -325,7 +327,7 @@ def screen_items(
     except ImportError as exc:
         raise UserError(f"the screening stage (filters/screen.py) is not available in this install ({exc}); audit a screened workspace instead") from exc
     table, report = screen_with_report(items, panel, cache_path=cache_path, limit=limit, members=members, progress=progress)
-    return table, report.as_dict()
+    return table, report.as_dict(timing=True)
 
 
 def apply_rules(table: pl.DataFrame, panel_path: str | Path | None = None) -> pl.DataFrame:

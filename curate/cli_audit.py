@@ -55,6 +55,11 @@ def audit_cmd(
     for name, g in summary["by_source"].items():
         table.add_row(name, str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(g.get("chance_blind")))
     out.print(table)
+    for name, m in summary.get("members", {}).items():
+        t = m.get("throughput")
+        if t:
+            rate = f"{t['samples_per_s']:.2f} samples/s" if t.get("samples_per_s") else "no fresh model calls"
+            out.print(f"{name}: {t['asked']:,} questions asked in {t['model_seconds']:,.0f} s ({rate}), {t['cached']:,} from the cache")
     if summary.get("compare"):
         c = summary["compare"]
         out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")

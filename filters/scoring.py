@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -121,17 +122,29 @@ def score_prompts(
     cache: ResponseCache,
     *,
     advance: Callable[[int], None] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> list[Response]:
-    """Responses of ``backend``'s member to ``prompts`` (``options[i]`` are prompt i's option texts)."""
+    """Responses of ``backend``'s member to ``prompts`` (``options[i]`` are prompt i's option texts).
+
+    ``stats``, when given, is filled with ``asked`` (distinct prompts sent to the model now),
+    ``cached`` (answered from the cache) and ``seconds`` (time spent in the model): what a
+    throughput figure must be computed from, so a resumed run does not look fast.
+    """
     member = backend.member
     keys = request_keys(backend, prompts)
     values = cache.get_many(keys)
+    if stats is not None:
+        distinct = set(keys)
+        stats["cached"] = stats.get("cached", 0) + sum(1 for k in distinct if k in values)
+        stats.setdefault("asked", 0)
+        stats.setdefault("seconds", 0.0)
     for batch in plan_batches(keys, prompts, member.batch_size):
         if all(keys[i] in values for i in batch):
             if advance:
                 advance(len(batch))
             continue
         batch_prompts = [prompts[i] for i in batch]
+        started = time.perf_counter()
         if member.method == "loglik":
             n = max(p.n_options for p in batch_prompts)
             rows = backend.letter_logprobs(batch_prompts, n)
@@ -139,6 +152,9 @@ def score_prompts(
         else:
             texts = backend.generate(batch_prompts, member.max_new_tokens)
             new = {keys[i]: {"text": t} for i, t in zip(batch, texts)}
+        if stats is not None:
+            stats["asked"] += len(new)
+            stats["seconds"] += time.perf_counter() - started
         cache.put_many(backend.identity, new)
         values.update(cache.get_many(new))  # read back what is stored: a resumed run sees the same numbers
         if advance:

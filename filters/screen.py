@@ -38,6 +38,7 @@ from filters.prompts import TEMPLATE_VERSION, build_prompt, rotate
 from filters.scoring import score_prompts
 
 REQUIRED = ("item_id", "question", "options", "answer")
+TIMING_FIELDS = ("asked", "cached", "model_seconds")
 
 
 @dataclass
@@ -53,6 +54,14 @@ class MemberReport:
     expected_chance_hit_rate: float  # a uniform guesser under this panel's rotation rule
     expected_biased_hit_rate: float | None  # a guesser with this member's measured letter bias
     misses_no_option: int  # generated replies that named no option
+    asked: int = 0  # distinct item prompts sent to the model in this run (not from the cache)
+    cached: int = 0  # distinct item prompts answered from the response cache
+    model_seconds: float = 0.0  # time the model spent on the ``asked`` prompts
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """Fresh model answers per second (None when everything came from the cache)."""
+        return self.asked / self.model_seconds if self.asked and self.model_seconds > 0 else None
 
 
 @dataclass
@@ -67,10 +76,18 @@ class ScreenReport:
     members: list[MemberReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self, *, timing: bool = False) -> dict:
+        """The report as plain data. Timing (``asked``/``cached``/``model_seconds``) differs run to run,
+        so it is left out unless asked for: ``screen_report.json`` and dataset cards stay byte-stable."""
         from dataclasses import asdict
 
-        return asdict(self)
+        out = asdict(self)
+        for m, rep in zip(out["members"], self.members):
+            for key in TIMING_FIELDS:
+                m.pop(key)
+            if timing:
+                m["throughput"] = {key: getattr(rep, key) for key in TIMING_FIELDS} | {"samples_per_s": rep.samples_per_s}
+        return out
 
 
 def _check_items(items: pl.DataFrame) -> None:
@@ -106,7 +123,8 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
                 keys.append(ra)
                 owner.append(i)
         task = progress.add(f"{member.name}: items", len({p.text for p in prompts}))
-        responses = score_prompts(backend, prompts, opts, cache, advance=lambda k: progress.advance(task, k))
+        stats: dict[str, float] = {}
+        responses = score_prompts(backend, prompts, opts, cache, advance=lambda k: progress.advance(task, k), stats=stats)
         identity = backend.identity
     finally:
         backend.close()
@@ -147,6 +165,7 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
         counted=counted, competence=comp.as_dict() if comp else None, hit_rate=sum(hit) / max(n, 1),
         expected_chance_hit_rate=expected, expected_biased_hit_rate=biased,
         misses_no_option=sum(1 for r in responses if r.raw is not None and r.letter is None),
+        asked=int(stats["asked"]), cached=int(stats["cached"]), model_seconds=round(float(stats["seconds"]), 3),
     )
     cols = {
         f"answer__{member.name}": pl.Series(answer, dtype=pl.String),

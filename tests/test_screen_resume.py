@@ -161,3 +161,12 @@ def test_circular_eval_counts_a_hit_only_when_every_rotation_is_right(tmp_path):
     if max(one["answer__smollm2"].value_counts()["count"]) == 8:
         assert four["hits"].sum() == 0
     assert four["panel_hash"][0] != one["panel_hash"][0]
+    # throughput counts the model's real work: rotation 0 was cached by the plain run, but a batch that is
+    # not wholly cached runs whole (batch composition, hence every number, never depends on the cache state)
+    m1, m4 = rep1.members[0], rep4.members[0]
+    assert (m1.asked, m1.cached) == (8, 0) and m1.model_seconds > 0 and m1.samples_per_s > 0
+    assert (m4.asked, m4.cached) == (32, 8)
+    again, rep_again = screen_with_report(items, plain, cache_path=tmp_path / "c.sqlite", progress=False, rules=False)
+    assert (rep_again.members[0].asked, rep_again.members[0].cached, rep_again.members[0].samples_per_s) == (0, 8, None)
+    # ... and stays out of the written report, so screen_report.json is the same on every run
+    assert "asked" not in rep1.as_dict()["members"][0] and rep1.as_dict(timing=True)["members"][0]["throughput"]["asked"] == 8
