@@ -267,6 +267,7 @@ def _outcome(srow: SourceRow, nopts: NormalizeOptions) -> dict | RowError | Drop
     except (RowError, Dropped) as exc:
         return exc
 
+
 def _arrow_batch(batch: list[dict], writer: StreamingParquetWriter) -> pa.Table:
     """Items built column-wise straight into Arrow (polars' per-row list construction was the
     bottleneck of text-only ingest, and a polars frame would only be converted back)."""

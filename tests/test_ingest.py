@@ -421,3 +421,16 @@ def test_columnar_path_accepts_only_rows_the_row_path_keeps_identically():
     assert by_row[1]["question"] == "How many cars?" and by_row[1]["answer"] == "B"
     assert by_row[2]["orig_index"] == "2" and json.loads(by_row[2]["meta"])["question"].endswith("now\tplease")
     assert by_row[10]["options"] == ["yes", "no"] and by_row[10]["l2_category"] == "localization"
+
+
+def test_columnar_path_duplicate_ids_match_row_path(shared_data, tmp_path):
+    """A second copy of a file under the same source name: every id is taken, so every row is a duplicate_id."""
+    src = shared_data / "text_pools" / "ScienceQA_TEST_vila13b.xlsx"
+    (tmp_path / "copy").mkdir()
+    copy = shutil.copy(src, tmp_path / "copy" / src.name)
+    ingest_to_workspace([src, copy], tmp_path / "columnar")
+    ingest_to_workspace([src, copy], tmp_path / "rows", columnar_path=False)
+    ledger = ledger_of(tmp_path / "columnar")
+    assert ledger.filter(pl.col("source_file") == str(copy))["reason"].unique().to_list() == ["duplicate_id"]
+    for file in ("items.parquet", "ledger.parquet"):
+        assert pl.read_parquet(tmp_path / "columnar" / file).equals(pl.read_parquet(tmp_path / "rows" / file)), file
