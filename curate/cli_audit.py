@@ -36,6 +36,8 @@ def audit_cmd(
     panel: Annotated[Optional[Path], typer.Option(help="Panel file (default: the shipped offline panel).")] = None,
     compare: Annotated[Optional[list[Path]], typer.Option(help="A second benchmark to show side by side (repeat for several files).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Audit only the first N items (a quick look).")] = None,
+    sample: Annotated[Optional[int], typer.Option(help="Audit a seeded random sample of N items, stratified by source (an estimate with its interval, in minutes).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
     members: Annotated[Optional[str], typer.Option(help="Comma-separated panel members to use (default: all).")] = None,
     rules: Annotated[bool, typer.Option("--rules/--no-rules", help="Run the rule filters (leaks, duplicates, malformed).")] = True,
     title: Annotated[Optional[str], typer.Option(help="Report title.")] = None,
@@ -45,8 +47,11 @@ def audit_cmd(
 
     summary = audit(
         sources, panel=panel, report_dir=report, compare=compare, limit=limit,
-        members=[m.strip() for m in members.split(",")] if members else None, rules=rules, title=title,
+        members=[m.strip() for m in members.split(",")] if members else None, rules=rules, title=title, sample=sample, seed=seed,
     )
+    if summary.get("sample"):
+        smp = summary["sample"]
+        out.print(f"a random sample of {smp['n']:,} of {smp['of']:,} items (stratified by source, seed {smp['seed']})")
     b = summary["blind"]
     out.print(f"[bold]{b['k']} of {b['n']} items blind-answerable: {_pct(b['share'])}[/] (95 % CI {_pct(b['ci95'][0]) if b['ci95'] else '–'}–{_pct(b['ci95'][1]) if b['ci95'] else '–'}; a guessing panel: {_pct(b.get('chance_blind'))})")
     table = Table(title="per source")

@@ -272,7 +272,9 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{_e(title)}</h1>",
-        f"<div class=muted>{summary['n_items']} items from {len(summary.get('sources', []))} source(s) · panel "
+        f"<div class=muted>{summary['n_items']} items from {len(summary.get('sources', []))} source(s)"
+        + (f" (a random sample of {summary['sample']['n']} of {summary['sample']['of']}, stratified by source, seed {summary['sample']['seed']})" if summary.get("sample") else "")
+        + " · panel "
         f"{_e(panel.get('name') or '')} {('(' + _e(panel.get('hash')) + ')') if panel.get('hash') else ''} · "
         f"{_e(summary.get('blind_rule'))} · generated {_e(summary.get('generated'))} by mmcurate</div>",
         "<div class=cards>",

@@ -284,3 +284,23 @@ def test_competence_from_screen_report_drives_the_warning(table):
     warn = re.search(r'<div class=warn id=at-chance>(.*?)</div>', page, re.S)
     assert warn and "always_a" in warn.group(1) and "vila" not in warn.group(1)
     assert "id=unmeasured" not in page
+
+
+def test_sample_is_seeded_stratified_and_in_order(table, tmp_path):
+    from curate.audit import sample_items
+
+    sample, info = sample_items(table, 40, seed=3)
+    assert info == {"n": 40, "of": 240, "seed": 3, "by_source": {"MMBench": 15, "ScienceQA": 25}}  # 90 : 150 of 240
+    assert sample["source"].value_counts().sort("source").rows() == [("MMBench", 15), ("ScienceQA", 25)]
+    pos = {iid: i for i, iid in enumerate(table["item_id"])}
+    assert [pos[i] for i in sample["item_id"]] == sorted(pos[i] for i in sample["item_id"])  # original order kept
+    assert sample_items(table, 40, seed=3)[0].equals(sample)
+    assert set(sample_items(table, 40, seed=4)[0]["item_id"]) != set(sample["item_id"])
+    assert sample_items(table, 1000)[0].height == 240
+    with pytest.raises(UserError, match="--sample 0"):
+        sample_items(table, 0)
+    Workspace(tmp_path / "ws", create=True).write("screened", table)
+    summary = audit([tmp_path / "ws"], report_dir=tmp_path / "r", sample=40, seed=3)
+    assert summary["n_items"] == 40 and summary["sample"]["of"] == 240
+    assert summary["blind"]["k"] == int(table.filter(pl.col("item_id").is_in(sample["item_id"].to_list()))["blind"].sum())
+    assert "a random sample of 40 of 240" in (tmp_path / "r" / "report.html").read_text()
