@@ -421,6 +421,8 @@ def test_columnar_path_accepts_only_rows_the_row_path_keeps_identically():
     assert by_row[1]["question"] == "How many cars?" and by_row[1]["answer"] == "B"
     assert by_row[2]["orig_index"] == "2" and json.loads(by_row[2]["meta"])["question"].endswith("now\tplease")
     assert by_row[10]["options"] == ["yes", "no"] and by_row[10]["l2_category"] == "localization"
+    # the columnar strip uses exactly the characters Python's str.strip() removes
+    assert set(columnar.PY_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
 
 
 def test_columnar_path_duplicate_ids_match_row_path(shared_data, tmp_path):
