@@ -419,12 +419,12 @@ def sample_items(items: pl.DataFrame, n: int, *, seed: int = 0) -> tuple[pl.Data
     sizes = items.group_by("source").len().sort("source")
     quotas = {src: n * k / total for src, k in sizes.iter_rows()}
     alloc = {src: int(q) for src, q in quotas.items()}
-    for src in sorted(quotas, key=lambda s: (-(quotas[s] - alloc[s]), s))[: n - sum(alloc.values())]:
+    for src in sorted(quotas, key=lambda s: (-(quotas[s] - alloc[s]), s is not None, s or ""))[: n - sum(alloc.values())]:
         alloc[src] += 1
     parts = []
     for i, (src, k) in enumerate(sizes.iter_rows()):
         if alloc[src]:
-            part = items.with_row_index("__pos").filter(pl.col("source") == src)
+            part = items.with_row_index("__pos").filter(pl.col("source").eq_missing(src))  # a null source is a stratum too
             parts.append(part.sample(n=alloc[src], seed=seed + i, shuffle=False))
     out = pl.concat(parts).sort("__pos").drop("__pos")
     return out, {"n": out.height, "of": total, "seed": seed, "by_source": {s: a for s, a in alloc.items() if a}}

@@ -299,6 +299,8 @@ def test_sample_is_seeded_stratified_and_in_order(table, tmp_path):
     assert sample_items(table, 1000)[0].height == 240
     with pytest.raises(UserError, match="--sample 0"):
         sample_items(table, 0)
+    unnamed = table.with_columns(pl.when(pl.col("source") == "MMBench").then(None).otherwise(pl.col("source")).alias("source"))
+    assert sample_items(unnamed, 40, seed=3)[1]["by_source"] == {None: 15, "ScienceQA": 25}  # a null source is a stratum too
     Workspace(tmp_path / "ws", create=True).write("screened", table)
     summary = audit([tmp_path / "ws"], report_dir=tmp_path / "r", sample=40, seed=3)
     assert summary["n_items"] == 40 and summary["sample"]["of"] == 240
