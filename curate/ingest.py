@@ -130,8 +130,7 @@ def ingest_to_workspace(
             account = _Accountant(path, src, seen)
             ledgers.append(account)
             frame = tables.read_xlsx_frame(path) if fmt == "xlsx" else None
-            if columnar_path and frame is not None and frame.height and columnar.applicable(frame, nopts):
-                _check_question_column(path, dict.fromkeys(frame.columns), column_map or {})
+            if columnar_path and frame is not None and frame.height and columnar.applicable(frame, nopts):  # has a question column
                 _ingest_frame(frame, nopts, opts_read, account, writer)
                 if on_row is not None:
                     on_row(src.source, src.rows)
@@ -225,19 +224,13 @@ def _ingest_frame(frame: pl.DataFrame, nopts: NormalizeOptions, opts_read: ReadO
     fast, slow = columnar.normalize_frame(frame, nopts)
     slow_rows = tables.rows_of_frame(frame, opts_read, iter((slow.arg_true() + 1).to_list()))
     outcomes = {srow.row: (srow, _outcome(srow, nopts)) for srow in slow_rows}
-    slow_ids = [out["item_id"] for _, out in outcomes.values() if isinstance(out, dict)]
-    ids = fast["item_id"]
-    clash = (
-        ids.is_duplicated().any()
-        or ids.is_in(list(account.seen)).any()
-        or len(set(slow_ids)) < len(slow_ids)
-        or not account.seen.isdisjoint(slow_ids)
-        or ids.is_in(slow_ids).any()
-    )
-    if clash:  # rare: replay row by row so the first occurrence of an id wins, as in the row path
+    ids = fast["item_id"].to_list()
+    new_ids = ids + [out["item_id"] for _, out in outcomes.values() if isinstance(out, dict)]
+    if len(set(new_ids)) < len(new_ids) or not account.seen.isdisjoint(new_ids):
+        # rare: an id repeats (in the file or from an earlier one); replay row by row so its first occurrence wins
         keep_fast = []
         slow_items = []
-        fast_rows = dict(zip(fast["row"].to_list(), ids.to_list()))
+        fast_rows = dict(zip(fast["row"].to_list(), ids))
         for row_no in range(1, frame.height + 1):
             if row_no in fast_rows:
                 keep_fast.append(account.keep(SourceRow(row_no, {}), fast_rows[row_no]))

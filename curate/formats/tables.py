@@ -36,10 +36,10 @@ def _image_refs(value: Any, field: str) -> list[ImageRef]:
     return []
 
 
-def _rows_from_records(records: Iterator[dict], image_col: str | None, start: int = 1) -> Iterator[SourceRow]:
-    for row_no, rec in enumerate(records, start):
-        images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
-        yield SourceRow(row_no, rec, images, has_image_column=image_col is not None)
+def _source_row(row_no: int, rec: dict, image_col: str | None) -> SourceRow:
+    """A record as a SourceRow: the image column's payloads taken out of the fields."""
+    images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
+    return SourceRow(row_no, rec, images, has_image_column=image_col is not None)
 
 
 def _pick_image_column(columns: list[str], opts: ReadOptions) -> str | None:
@@ -63,13 +63,9 @@ def read_xlsx_frame(path: Path):
 def rows_of_frame(df, opts: ReadOptions, rows: Iterator[int] | None = None) -> Iterator[SourceRow]:
     """SourceRows of a frame read whole (all rows, or the 1-based ``rows`` given, in order)."""
     image_col = _pick_image_column(df.columns, opts)
-    if rows is None:
-        yield from _rows_from_records(iter(df.iter_rows(named=True)), image_col)
-        return
-    for row_no in rows:
-        rec = df.row(row_no - 1, named=True)
-        images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
-        yield SourceRow(row_no, rec, images, has_image_column=image_col is not None)
+    records = enumerate(df.iter_rows(named=True), 1) if rows is None else ((r, df.row(r - 1, named=True)) for r in rows)
+    for row_no, rec in records:
+        yield _source_row(row_no, rec, image_col)
 
 
 def read_xlsx(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
@@ -95,8 +91,7 @@ def read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
                     row_no += 1
                     if split and "split" not in rec:
                         rec["split"] = split
-                    images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
-                    yield SourceRow(row_no, rec, images, has_image_column=image_col is not None)
+                    yield _source_row(row_no, rec, image_col)
         except UserError:
             raise
         except Exception as exc:
@@ -131,5 +126,4 @@ def read_hf_disk(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
                 row_no += 1
                 if split and "split" not in rec:
                     rec["split"] = split
-                images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
-                yield SourceRow(row_no, rec, images, has_image_column=image_col is not None)
+                yield _source_row(row_no, rec, image_col)
