@@ -403,6 +403,12 @@ def audit_table(
     return table, info, threshold
 
 
+def throughput_line(name: str, t: dict[str, Any]) -> str:
+    """One member's model work in a run (``MemberReport`` timing): what ``screen`` and ``audit`` print."""
+    rate = f"{t['samples_per_s']:.2f} samples/s" if t.get("samples_per_s") else "no fresh model calls"
+    return f"{name}: {t['asked']:,} questions asked in {t['model_seconds']:,.0f} s ({rate}), {t['cached']:,} from the cache"
+
+
 def sample_items(items: pl.DataFrame, n: int, *, seed: int = 0) -> tuple[pl.DataFrame, dict[str, Any]]:
     """A seeded random sample of ``n`` items, stratified by source (proportional, largest remainder).
 
@@ -421,10 +427,11 @@ def sample_items(items: pl.DataFrame, n: int, *, seed: int = 0) -> tuple[pl.Data
     alloc = {src: int(q) for src, q in quotas.items()}
     for src in sorted(quotas, key=lambda s: (-(quotas[s] - alloc[s]), s is not None, s or ""))[: n - sum(alloc.values())]:
         alloc[src] += 1
+    indexed = items.with_row_index("__pos")
     parts = []
     for i, (src, k) in enumerate(sizes.iter_rows()):
         if alloc[src]:
-            part = items.with_row_index("__pos").filter(pl.col("source").eq_missing(src))  # a null source is a stratum too
+            part = indexed.filter(pl.col("source").eq_missing(src))  # a null source is a stratum too
             parts.append(part.sample(n=alloc[src], seed=seed + i, shuffle=False))
     out = pl.concat(parts).sort("__pos").drop("__pos")
     return out, {"n": out.height, "of": total, "seed": seed, "by_source": {s: a for s, a in alloc.items() if a}}

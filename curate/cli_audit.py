@@ -43,7 +43,7 @@ def audit_cmd(
     title: Annotated[Optional[str], typer.Option(help="Report title.")] = None,
 ) -> None:
     """Screen a benchmark with a text-only panel and write an HTML report of how much is answerable blind."""
-    from curate.audit import audit
+    from curate.audit import audit, throughput_line
 
     summary = audit(
         sources, panel=panel, report_dir=report, compare=compare, limit=limit,
@@ -61,10 +61,8 @@ def audit_cmd(
         table.add_row(name, str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(g.get("chance_blind")))
     out.print(table)
     for name, m in summary.get("members", {}).items():
-        t = m.get("throughput")
-        if t:
-            rate = f"{t['samples_per_s']:.2f} samples/s" if t.get("samples_per_s") else "no fresh model calls"
-            out.print(f"{name}: {t['asked']:,} questions asked in {t['model_seconds']:,.0f} s ({rate}), {t['cached']:,} from the cache")
+        if m.get("throughput"):
+            out.print(throughput_line(name, m["throughput"]), highlight=False)
     if summary.get("compare"):
         c = summary["compare"]
         out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")

@@ -25,9 +25,10 @@ def print_summary(report, df, console=None) -> None:
         biased = f"{m.expected_biased_hit_rate:.2f}" if m.expected_biased_hit_rate is not None else "-"
         table.add_row(m.name, m.backend, f"{m.method} {m.shots}-shot", acc, at, bias, f"{m.hit_rate:.2f}", f"{m.expected_chance_hit_rate:.2f} / {biased}")
     console.print(table)
+    from curate.audit import throughput_line
+
     for m in report.members:
-        rate = f"{m.samples_per_s:.2f} samples/s" if m.samples_per_s else "no fresh model calls"
-        console.print(f"{m.name}: {m.asked:,} questions asked in {m.model_seconds:,.0f} s ({rate}), {m.cached:,} from the cache", highlight=False)
+        console.print(throughput_line(m.name, m.throughput()), highlight=False)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     rule = int(df["rule_reason"].is_not_null().sum()) if "rule_reason" in df.columns else 0

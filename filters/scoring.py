@@ -126,9 +126,10 @@ def score_prompts(
 ) -> list[Response]:
     """Responses of ``backend``'s member to ``prompts`` (``options[i]`` are prompt i's option texts).
 
-    ``stats``, when given, is filled with ``asked`` (distinct prompts sent to the model now),
-    ``cached`` (answered from the cache) and ``seconds`` (time spent in the model): what a
-    throughput figure must be computed from, so a resumed run does not look fast.
+    ``stats``, when given, is filled with ``asked`` (distinct prompts the model ran now; a batch
+    that is not wholly cached runs whole, cached prompts included), ``cached`` (prompts found in
+    the cache) and ``seconds`` (time spent in the model): what a throughput figure must be
+    computed from, so a resumed run does not look fast.
     """
     member = backend.member
     keys = request_keys(backend, prompts)

@@ -63,6 +63,10 @@ class MemberReport:
         """Fresh model answers per second (None when everything came from the cache)."""
         return self.asked / self.model_seconds if self.asked and self.model_seconds > 0 else None
 
+    def throughput(self) -> dict:
+        """The timing fields plus ``samples_per_s`` (for ``curate.audit.throughput_line`` and summary.json)."""
+        return {key: getattr(self, key) for key in TIMING_FIELDS} | {"samples_per_s": self.samples_per_s}
+
 
 @dataclass
 class ScreenReport:
@@ -86,7 +90,7 @@ class ScreenReport:
             for key in TIMING_FIELDS:
                 m.pop(key)
             if timing:
-                m["throughput"] = {key: getattr(rep, key) for key in TIMING_FIELDS} | {"samples_per_s": rep.samples_per_s}
+                m["throughput"] = rep.throughput()
         return out
 
 
