@@ -61,11 +61,14 @@ def load_questions(kind: str, n: int) -> list[dict]:
 
 
 def run(backend, prompts, method: str, batch_size: int) -> float:
-    """Seconds to answer all prompts (length-sorted batches, as filters.scoring does)."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].text))
+    """Seconds to answer all prompts, in the order and batches filters.scoring would use for this backend."""
+    from filters.scoring import plan_batches
+
+    order = "prefix" if getattr(backend, "batch_independent", False) else "length"
+    batches = plan_batches([str(i) for i in range(len(prompts))], prompts, batch_size, order)
     t = time.perf_counter()
-    for i in range(0, len(order), batch_size):
-        batch = [prompts[j] for j in order[i : i + batch_size]]
+    for idx in batches:
+        batch = [prompts[j] for j in idx]
         if method == "loglik":
             backend.letter_logprobs(batch, 4)
         else:

@@ -106,13 +106,27 @@ def request_keys(backend, prompts: list[Prompt]) -> list[str]:
     ]
 
 
-def plan_batches(keys: list[str], prompts: list[Prompt], batch_size: int) -> list[list[int]]:
-    """Unique requests, longest first (ties by key), cut into fixed batches of indices into ``prompts``."""
+def plan_batches(keys: list[str], prompts: list[Prompt], batch_size: int, order: str = "length") -> list[list[int]]:
+    """Unique requests cut into fixed batches of indices into ``prompts``.
+
+    ``order="length"``: longest first (ties by key), so a padded batch holds prompts of like
+    length. ``order="prefix"``: sorted by prompt text, so consecutive prompts share their longest
+    common stems -- a backend that keeps the previous prompt's KV cache (llama.cpp) then
+    evaluates only what differs. On SEED-Bench, whose questions repeat stems such as "What is
+    the main color of", the default member evaluates 585,456 instead of 633,393 tokens
+    (``bench/prefix_order.py``). Either order depends only on the request list, never on the
+    cache state.
+    """
+    if order not in ("length", "prefix"):
+        raise ValueError(f"order must be 'length' or 'prefix', not {order!r}")
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
-    order = sorted(first.values(), key=lambda i: (-len(prompts[i].text), keys[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if order == "prefix":
+        ranked = sorted(first.values(), key=lambda i: (prompts[i].text, keys[i]))
+    else:
+        ranked = sorted(first.values(), key=lambda i: (-len(prompts[i].text), keys[i]))
+    return [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
 
 
 def score_prompts(
@@ -126,8 +140,8 @@ def score_prompts(
 ) -> list[Response]:
     """Responses of ``backend``'s member to ``prompts`` (``options[i]`` are prompt i's option texts).
 
-    ``stats``, when given, is filled with ``asked`` (distinct prompts the model ran now; a batch
-    that is not wholly cached runs whole, cached prompts included), ``cached`` (prompts found in
+    ``stats``, when given, is filled with ``asked`` (distinct prompts the model ran now; a padded
+    batch that is not wholly cached runs whole, cached prompts included), ``cached`` (prompts found in
     the cache) and ``seconds`` (time spent in the model): what a throughput figure must be
     computed from, so a resumed run does not look fast.
     """
@@ -139,10 +153,15 @@ def score_prompts(
         stats["cached"] = stats.get("cached", 0) + sum(1 for k in distinct if k in values)
         stats.setdefault("asked", 0)
         stats.setdefault("seconds", 0.0)
-    for batch in plan_batches(keys, prompts, member.batch_size):
+    # A backend whose answer to a prompt does not depend on the rest of its batch (llama.cpp, an
+    # OpenAI-compatible server) gets its requests sorted by text, so neighbours share KV / prefix
+    # caches, and is never asked again for what is cached. Padded batches (transformers) run whole.
+    independent = bool(getattr(backend, "batch_independent", False))
+    for planned in plan_batches(keys, prompts, member.batch_size, "prefix" if independent else "length"):
+        batch = [i for i in planned if keys[i] not in values] if independent else planned
         if all(keys[i] in values for i in batch):
             if advance:
-                advance(len(batch))
+                advance(len(planned))
             continue
         batch_prompts = [prompts[i] for i in batch]
         started = time.perf_counter()
@@ -159,7 +178,7 @@ def score_prompts(
         cache.put_many(backend.identity, new)
         values.update(cache.get_many(new))  # read back what is stored: a resumed run sees the same numbers
         if advance:
-            advance(len(batch))
+            advance(len(planned))
     out = []
     for key, opts in zip(keys, options):
         v = values[key]

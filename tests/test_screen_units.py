@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sqlite3
 from pathlib import Path
 
@@ -166,6 +167,23 @@ def test_batches_are_fixed_by_the_whole_request_list():
     batches = plan_batches(keys, prompts, 2)
     assert batches == [[1, 2], [0, 4]]  # longest first, duplicate asked once
     assert plan_batches(keys, prompts, 2) == batches
+
+
+def test_prefix_order_puts_shared_question_stems_next_to_each_other():
+    questions = ["What is the main color of the car?", "How many dogs are there?", "What is the main color of the sky?",
+                 "How many cats are there?", "Where is the cat?"]
+    prompts = [build_prompt(q, ["a", "b"], shots=2) for q in questions]
+    keys = [f"k{i}" for i in range(len(prompts))]
+    ranked = [i for batch in plan_batches(keys, prompts, 2, order="prefix") for i in batch]
+    assert ranked == [3, 1, 0, 2, 4]  # "How many ..." twice, "What is the main color of ..." twice
+    by_length = [i for batch in plan_batches(keys, prompts, 2) for i in batch]
+
+    def shared(order):  # characters each prompt shares with the one before it: what a KV-reusing backend skips
+        return sum(len(os.path.commonprefix([prompts[a].text, prompts[b].text])) for a, b in zip(order, order[1:]))
+
+    assert shared(ranked) > shared(by_length)
+    with pytest.raises(ValueError, match="order"):
+        plan_batches(keys, prompts, 2, order="random")
 
 
 def test_wilson_interval_matches_known_values():

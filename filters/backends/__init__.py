@@ -10,6 +10,13 @@ The contract (stated once, as lm-evaluation-harness does for its ``LM`` class):
   the member asks for it), special tokens stripped.
 * ``identity`` names the weights (file hash or pinned revision) + dtype + backend: it goes into
   every cache key, so two models never share answers.
+* ``batch_independent`` (optional, default False): a prompt's answer does not depend on the
+  other prompts sent with it -- llama.cpp evaluates one prompt at a time, keeping the KV cache
+  of the tokens it shares with the previous prompt; an OpenAI-compatible server answers each
+  request alone and may cache prefixes (vLLM, llama.cpp server). Scoring then sends requests
+  sorted by text, so neighbours with a common question stem share that work, and skips cached
+  prompts inside a batch. Otherwise (padded transformers batches) requests go longest first
+  and a batch always runs whole, so its numbers never depend on the cache state.
 
 Backends raise ``UserError`` (one line) for problems a user can fix: missing file, unreachable
 endpoint, a server that cannot return logprobs.

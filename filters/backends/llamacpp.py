@@ -22,6 +22,10 @@ from filters.prompts import Prompt, chat_messages
 
 
 class LlamaCppBackend:
+    # One prompt at a time, keeping the KV of the tokens it shares with the previous prompt: scoring
+    # sorts requests by text for this backend and skips cached prompts inside a batch.
+    batch_independent = True
+
     def __init__(self, member: Member, cache: ResponseCache, *, use_prefix_cache: bool = True):
         import llama_cpp
 

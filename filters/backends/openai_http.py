@@ -30,6 +30,10 @@ MISSING_LOGPROB = -100.0  # a letter outside the server's top-k: effectively zer
 
 
 class OpenAIBackend:
+    # Each request is answered alone (the server batches as it likes): scoring sorts requests by
+    # text, which servers that cache prompt prefixes reuse, and skips cached prompts in a batch.
+    batch_independent = True
+
     def __init__(self, member: Member, *, use_prefix_cache: bool = True, backoff: float = 0.5):
         self.member = member
         self.base_url = member.base_url.rstrip("/")
