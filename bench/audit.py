@@ -19,6 +19,7 @@ gives the rate in a few minutes. Each run uses a fresh cache, so the rate is nev
 rate. Only one process on the machine may load the 1.5B model at a time.
 
     python bench/audit.py --limit 200
+    python bench/audit.py --from-summary REPORT/summary.json   # the projection from a finished audit's own rate
     python bench/audit.py --endpoint --endpoint-model package:smollm2-135m-instruct --limit 300
 """
 
@@ -86,6 +87,27 @@ def _endpoint_panel(base_url: str, served_model: str, concurrency: int, control_
     )
 
 
+def _from_summary(path: Path) -> None:
+    """Print the rate and projections of a finished audit (e.g. the whole of SEED-Bench, hours long)."""
+    from curate.audit import projection, projection_line, throughput_line
+
+    summary = json.loads(path.read_text())
+    members = summary.get("members", {})
+    for name, m in members.items():
+        if m.get("throughput"):
+            print(throughput_line(name, m["throughput"]))
+    proj = projection(members)
+    if proj is None:
+        raise SystemExit(f"{path}: no fresh model calls recorded (a fully cached run measures no rate)")
+    print(projection_line(proj))
+    n = (summary.get("sample") or {}).get("of") or summary["n_items"]  # a --sample run projects to the whole benchmark
+    whole = projection(members, items=n, n_members=len(members))
+    print(f"all {n:,} items of {summary.get('label')} with this panel at that rate: {whole['hours_in_turn']:.2f} h of model time")
+    print(json.dumps({"source": summary.get("label"), "items": n, "samples_per_s": round(proj["samples_per_s"], 3),
+                      "projected_hours_22401x8_sequential": round(proj["hours_in_turn"], 2),
+                      "projected_hours_22401x8_8_parallel_endpoints": round(proj["hours_parallel"], 2)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, default=SEED, help="benchmark file (default: SEED-Bench, 14,232 questions)")
@@ -99,7 +121,12 @@ def main() -> None:
                     help="how the --endpoint member is asked (a model whose first token after 'Answer:' is end-of-text gets no logprobs from llama.cpp: use generate)")
     ap.add_argument("--threads", type=int, default=2, help="server threads for --endpoint")
     ap.add_argument("--control-size", type=int, default=20, help="control questions for the --endpoint panel")
+    ap.add_argument("--from-summary", type=Path, default=None,
+                    help="no new run: the projection from the member throughput a finished `mmcurate audit` recorded")
     args = ap.parse_args()
+    if args.from_summary is not None:
+        _from_summary(args.from_summary)
+        return
 
     from curate.audit import audit_table, resolve_panel, summarize
     from curate.ingest import ingest

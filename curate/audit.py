@@ -28,6 +28,7 @@ SCREEN_COLUMNS = ("hits", "n_members", "blind")
 RULE_CHECKS = ("answer_leak", "near_duplicate", "duplicate_image", "malformed")
 N_TOP_ITEMS = 25
 N_RULE_EXAMPLES = 5
+MMSTAR_POOL = (22_401, 8)  # MMStar screened 22,401 candidates with 8 LLMs: the scale a projection is quoted at
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ def summarize(
         if "options" in table.columns
         else {},
         "members": member_rows,
+        "projection": projection(member_rows),  # None when every answer came from the cache
         "hit_histogram": histogram,
         "rules": rule_findings(table),
         "top_items": top_items(table, members, n=n_top),
@@ -407,6 +409,33 @@ def throughput_line(name: str, t: dict[str, Any]) -> str:
     """One member's model work in a run (``MemberReport`` timing): what ``screen`` and ``audit`` print."""
     rate = f"{t['samples_per_s']:.2f} samples/s" if t.get("samples_per_s") else "no fresh model calls"
     return f"{name}: {t['asked']:,} questions asked in {t['model_seconds']:,.0f} s ({rate}), {t['cached']:,} from the cache"
+
+
+def projection(members: dict[str, dict[str, Any]], *, items: int = MMSTAR_POOL[0], n_members: int = MMSTAR_POOL[1]) -> dict[str, Any] | None:
+    """Hours that ``items`` x ``n_members`` would take at the rate this run measured (None without fresh calls).
+
+    Why: a run on a laptop is a sample of the throughput a full screen needs; the rate is the
+    panel's fresh answers over its model seconds (members run in turn, as ``screen`` runs them),
+    so the figure carries over to an OpenAI-compatible endpoint by replacing that rate with the
+    endpoint's own (``bench/audit.py --endpoint`` measures one). ``members`` maps a member to
+    its throughput dict (``summary["members"][m]["throughput"]``), or the member rows holding it.
+    """
+    timings = [m.get("throughput", m) for m in members.values()]
+    asked = sum(t.get("asked") or 0 for t in timings)
+    seconds = sum(t.get("model_seconds") or 0.0 for t in timings)
+    if not asked or seconds <= 0:
+        return None
+    rate = asked / seconds
+    hours = items * n_members / rate / 3600
+    return {"items": items, "members": n_members, "samples_per_s": rate, "hours_in_turn": hours, "hours_parallel": hours / n_members}
+
+
+def projection_line(p: dict[str, Any]) -> str:
+    """The projection as ``audit`` prints it."""
+    return (
+        f"projection at {p['samples_per_s']:.2f} samples/s: {p['items']:,} items x {p['members']} members "
+        f"= {p['hours_in_turn']:,.1f} h in turn, {p['hours_parallel']:,.1f} h on {p['members']} parallel endpoints"
+    )
 
 
 def sample_items(items: pl.DataFrame, n: int, *, seed: int = 0) -> tuple[pl.DataFrame, dict[str, Any]]:

@@ -43,7 +43,7 @@ def audit_cmd(
     title: Annotated[Optional[str], typer.Option(help="Report title.")] = None,
 ) -> None:
     """Screen a benchmark with a text-only panel and write an HTML report of how much is answerable blind."""
-    from curate.audit import audit, throughput_line
+    from curate.audit import audit, projection_line, throughput_line
 
     summary = audit(
         sources, panel=panel, report_dir=report, compare=compare, limit=limit,
@@ -63,6 +63,8 @@ def audit_cmd(
     for name, m in summary.get("members", {}).items():
         if m.get("throughput"):
             out.print(throughput_line(name, m["throughput"]), highlight=False)
+    if summary.get("projection"):
+        out.print(projection_line(summary["projection"]), highlight=False, soft_wrap=True)
     if summary.get("compare"):
         c = summary["compare"]
         out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from curate.audit import audit, blind_by_chance, compare_summaries, summarize, wilson
+from curate.audit import audit, blind_by_chance, compare_summaries, projection, projection_line, summarize, wilson
 from curate.errors import UserError
 from curate.metrics import extract_option_text
 from curate.report import render_html, write_report
@@ -242,7 +242,24 @@ def test_cli_audit_on_screened_workspace(table, tmp_path):
     res = CliRunner().invoke(app, ["audit", str(tmp_path / "ws"), "--report", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert "blind-answerable" in res.stdout and "ScienceQA" in res.stdout
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["n_items"] == 240
+    written = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert written["n_items"] == 240
+    assert written["projection"] is None and "projection" not in res.stdout  # an already screened table: no rate measured
+
+
+def test_projection_is_the_panels_rate_scaled():
+    # two members run in turn: 300 fresh answers in 200 model seconds = 1.5 samples/s for the panel
+    members = {
+        "a": {"throughput": {"asked": 100, "model_seconds": 50.0, "cached": 0}},
+        "b": {"throughput": {"asked": 200, "model_seconds": 150.0, "cached": 7}},
+    }
+    p = projection(members)
+    assert p["samples_per_s"] == 1.5 and (p["items"], p["members"]) == (22_401, 8)
+    assert p["hours_in_turn"] == pytest.approx(22_401 * 8 / 1.5 / 3600) and p["hours_parallel"] == pytest.approx(p["hours_in_turn"] / 8)
+    assert projection(members, items=1_000, n_members=2)["hours_in_turn"] == pytest.approx(2_000 / 1.5 / 3600)
+    assert "22,401 items x 8 members = 33.2 h" in projection_line(p)
+    assert projection({"a": {"throughput": {"asked": 0, "model_seconds": 0.0, "cached": 40}}}) is None
+    assert projection({"a": {"n": 10, "k": 3}}) is None  # a member row without timing
 
 
 @pytest.mark.slow
@@ -260,6 +277,8 @@ def test_audit_real_screening_tiny_panel(shared_data, tmp_path):
     assert summary["n_items"] == 6 and summary["panel"]["name"] == "tiny"
     member = summary["members"]["smollm2"]
     assert member["n"] == 6 and member["competence"]["n"] == 8
+    t = member["throughput"]  # the items; control questions are timed apart (competence)
+    assert t["asked"] == 6 and summary["projection"]["samples_per_s"] == pytest.approx(t["asked"] / t["model_seconds"])
     page = (tmp_path / "rep" / "report.html").read_text()
     # SmolLM2-135M is at chance on MMLU: whenever the controls say so, the report must say so.
     assert ("at chance on text-answerable control" in page) == member["competence"]["at_chance"]
