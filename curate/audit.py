@@ -145,8 +145,19 @@ def summarize(
         answered = table.filter(pl.col(f"answer__{m}").is_not_null()) if f"answer__{m}" in table.columns else table
         row = _share(table.filter(pl.col(hit).is_not_null()), hit)
         row["no_answer"] = table.height - answered.height
-        if row.get("chance_hit") is not None and row["ci95"]:
-            row["above_chance"] = row["ci95"][0] > row["chance_hit"]
+        verdict = row
+        if f"answer__{m}" in table.columns and "answer" in table.columns:
+            # Plain accuracy (answer == key; no answer counts as wrong) next to the hits: a hit can need
+            # more (every rotation right, the key winning after chance correction), so "answers blind
+            # above chance" is judged on accuracy against 1/options, never on hits.
+            keyed = table.filter(pl.col("answer").is_not_null()).with_columns(
+                (pl.col(f"answer__{m}") == pl.col("answer")).fill_null(False).alias("__right")
+            )
+            acc = _share(keyed, "__right")
+            row["accuracy"] = {k: acc.get(k) for k in ("n", "k", "share", "ci95", "chance_hit")}
+            verdict = acc
+        if verdict.get("chance_hit") is not None and verdict["ci95"]:
+            row["above_chance"] = verdict["ci95"][0] > verdict["chance_hit"]
         rep = reports.get(m)
         if rep:
             row["counted"] = rep.get("counted")
@@ -264,7 +275,7 @@ def compare_summaries(left: dict[str, Any], right: dict[str, Any]) -> dict[str, 
             "blind_share": s["blind_share"],
             "ci95": s["blind"]["ci95"],
             "chance_blind": s["blind"].get("chance_blind"),
-            "members": {m: v["share"] for m, v in s["members"].items()},
+            "members": {m: (v.get("accuracy") or v)["share"] for m, v in s["members"].items()},  # accuracy without image
             "rules": {c: v.get("flagged") for c, v in s["rules"].items() if c in RULE_CHECKS},
         }
 

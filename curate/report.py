@@ -162,18 +162,25 @@ def _member_table(members: dict[str, dict], models: dict[str, dict]) -> str:
         else:
             ctl = "–"
         counted = "" if r.get("counted") is None else ("yes" if r["counted"] else "<span class=no>no (at chance)</span>")
+        acc = _accuracy(r)
         rows.append(
             f"<tr><td><b>{_e(m)}</b><br><span class=muted>{_e(info.get('model', ''))} {_e(info.get('method', ''))}"
             f"{' ' + str(info['shots']) + '-shot' if info.get('shots') is not None else ''}</span></td>"
             f"<td>{ctl}</td><td>{counted}</td>"
-            f"<td class=n>{r['n']}</td><td class=n>{r['k']}</td><td class=n>{_pct(r['share'])}</td><td class=n>{_ci(r['ci95'])}</td>"
-            f"<td class=n>{_pct(r.get('chance_hit'))}</td><td class=n>{r.get('no_answer', 0)}</td><td>{verdict}</td></tr>"
+            f"<td class=n>{acc['n']}</td><td class=n>{acc['k']}</td><td class=n>{_pct(acc['share'])}</td><td class=n>{_ci(acc['ci95'])}</td>"
+            f"<td class=n>{_pct(acc.get('chance_hit'))}</td><td class=n>{r['k']} ({_pct(r['share'])})</td>"
+            f"<td class=n>{r.get('no_answer', 0)}</td><td>{verdict}</td></tr>"
         )
     return (
         "<table><tr><th>member</th><th>controls (MMLU, 95 % CI)</th><th>counted</th><th>items</th><th>right</th>"
-        "<th>accuracy without image</th><th>95 % CI</th><th>chance</th><th>no answer</th><th></th></tr>"
+        "<th>accuracy without image</th><th>95 % CI</th><th>chance</th><th>hits (toward blind)</th><th>no answer</th><th></th></tr>"
         f"{''.join(rows)}</table>"
     )
+
+
+def _accuracy(r: dict) -> dict:
+    """A member's plain accuracy without the image (summaries before it was recorded: its hits)."""
+    return r.get("accuracy") or r
 
 
 def _options_html(options: list | None, key: str | None) -> str:
@@ -267,6 +274,7 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
     blind = summary["blind"]
     panel = summary.get("panel", {})
     models = panel.get("models", {})
+    corrected = bool((panel.get("screen_report") or {}).get("chance_corrected"))
     s = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
@@ -280,7 +288,8 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
         "<div class=cards>",
         f"<div class=card><div class=v id=blind-share>{_pct(blind['share'])}</div><div class=l>blind-answerable ({blind['k']} of {blind['n']})</div></div>",
         f"<div class=card><div class=v>{_ci(blind['ci95'])}</div><div class=l>95 % Wilson interval</div></div>",
-        f"<div class=card><div class=v>{_pct(blind.get('chance_blind'))}</div><div class=l>a panel of guessers would reach</div></div>",
+        f"<div class=card><div class=v>{_pct(blind.get('chance_blind'))}</div><div class=l>a panel of guessers would reach"
+        f"{' without chance correction (with it, less)' if corrected else ''}</div></div>",
         f"<div class=card><div class=v>{_pct(blind.get('chance_hit'))}</div><div class=l>chance of one guess (mean 1/options)</div></div>",
         "</div>",
     ]
@@ -313,10 +322,13 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
         s.append(_share_table(groups, label))
     s.append(
         "<h2>Panel members</h2><p class=muted>Each member's accuracy on these questions without the image, against the "
-        "chance of guessing; above chance means the member answers part of the benchmark without looking. "
+        "chance of guessing; above chance means the member answers part of the benchmark without looking. A hit, which "
+        "counts toward the blind verdict, can need more than a right answer: every rotation right, or the key winning "
+        "after the member's letter bias is divided out. "
         "Controls: its accuracy on text-answerable questions, which shows whether its verdicts mean anything.</p>"
     )
-    s.append(f"<figure>{plot_shares(summary['members'], 'Accuracy without the image', chance_key='chance_hit', xlabel='accuracy')}</figure>")
+    accuracy = {m: _accuracy(r) for m, r in summary["members"].items()}
+    s.append(f"<figure>{plot_shares(accuracy, 'Accuracy without the image', chance_key='chance_hit', xlabel='accuracy')}</figure>")
     s.append(_member_table(summary["members"], models))
     s.append(f"<h2>Hit-count histogram</h2><figure>{plot_histogram(summary['hit_histogram'])}</figure>")
     s.append("<h2>Rule-filter findings</h2>" + _rules_html(summary.get("rules", {})))

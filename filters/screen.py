@@ -79,6 +79,7 @@ class ScreenReport:
     n_blind: int
     members: list[MemberReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    chance_corrected: bool = False  # hits needed the key to win after dividing out the letter prior (with margin)
 
     def as_dict(self, *, timing: bool = False) -> dict:
         """The report as plain data. Timing (``asked``/``cached``/``model_seconds``) differs run to run,
@@ -277,6 +278,7 @@ def screen_with_report(
     report = ScreenReport(
         panel=panel.name, panel_hash=panel.config_hash, template=TEMPLATE_VERSION, rotations=panel.rotations,
         threshold=threshold, n_items=out.height, n_blind=int(out["blind"].sum()), members=reports, warnings=warnings,
+        chance_corrected=panel.chance_corrected,
     )
     return out, report
 

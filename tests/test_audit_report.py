@@ -134,6 +134,23 @@ def test_summary_members_histogram_top_items(table, summary):
     assert means == sorted(means, reverse=True) and probs
 
 
+def test_member_accuracy_is_kept_apart_from_hits(table):
+    """Chance-corrected hits can be fewer than right answers; 'answers blind above chance' follows accuracy."""
+    # vila's hits thinned to every third right answer, as a strict chance correction would
+    strict = table.with_columns(hit__vila=pl.col("hit__vila") & (pl.int_range(pl.len()) % 3 == 0))
+    s = summarize(strict, threshold=THRESHOLD, label="strict", panel_info={"screen_report": {"chance_corrected": True}})
+    vila = s["members"]["vila"]
+    right = int((table["answer__vila"] == table["answer"]).fill_null(False).sum())
+    assert vila["k"] == int(strict["hit__vila"].sum()) < right
+    assert vila["accuracy"]["k"] == right and vila["accuracy"]["n"] == 240
+    assert vila["share"] < vila["chance_hit"] < vila["accuracy"]["ci95"][0]  # few hits, yet clearly above chance
+    assert vila["above_chance"] is True
+    page = render_html(s)
+    assert "hits (toward blind)" in page and f"<td class=n>{right}</td>" in page
+    assert "a panel of guessers would reach without chance correction" in page
+    assert "without chance correction" not in render_html(summarize(table, threshold=THRESHOLD, label="plain"))
+
+
 def test_summary_rule_findings(table, summary):
     rules = summary["rules"]
     assert rules["answer_leak"]["flagged"] == (table["answer_leak_flag"]).sum() == 11
