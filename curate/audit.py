@@ -128,8 +128,10 @@ def summarize(
     Keys: ``blind_share`` (overall fraction of items the panel answered blind),
     ``blind`` (the same with n, k, 95 % CI and chance levels), ``by_source``,
     ``by_category`` (MMStar capability), ``by_dimension`` (MMStar dimension),
-    ``by_source_category``, ``by_n_options``, ``members`` (each member's blind accuracy vs
-    chance), ``hit_histogram``, ``rules`` (rule-filter findings), ``top_items``.
+    ``by_source_category``, ``by_n_options``, ``members`` (each member's hits, its plain
+    ``accuracy`` without the image vs chance, its controls and ``throughput``), ``projection``
+    (MMStar's scale at this run's rate), ``hit_histogram``, ``rules`` (rule-filter findings),
+    ``top_items``.
     """
     check_screened(table)
     members = member_names(table)
