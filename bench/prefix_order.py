@@ -28,18 +28,15 @@ SEED = REPO.parent / "shared" / "data" / "text_pools" / "SEEDBench_IMG_vila13b.x
 
 
 def evaluated_tokens(token_lists: list[list[int]], order: list[int]) -> int:
-    """Tokens evaluated when prompts run in ``order``, each reusing its common prefix with the previous one.
+    """Tokens evaluated when prompts run in ``order``, each reusing its common prefix with the previous one
+    (the rule ``LlamaCppBackend`` applies, through the same ``reusable_prefix``)."""
+    from filters.backends.llamacpp import reusable_prefix
 
-    Mirrors ``LlamaCppBackend._eval_last_logits``: at least the last token is always evaluated.
-    """
     prev: list[int] = []
     total = 0
     for i in order:
         toks = token_lists[i]
-        keep, limit = 0, min(len(prev), len(toks) - 1)
-        while keep < limit and prev[keep] == toks[keep]:
-            keep += 1
-        total += len(toks) - keep
+        total += len(toks) - reusable_prefix(prev, toks)
         prev = toks
     return total
 

@@ -21,6 +21,17 @@ from filters.panel import Member
 from filters.prompts import Prompt, chat_messages
 
 
+def reusable_prefix(evaluated, tokens: list[int]) -> int:
+    """How many leading ``tokens`` the KV cache of ``evaluated`` already holds.
+
+    At most ``len(tokens) - 1``: the last token is always evaluated, since its logits are the answer.
+    """
+    keep, limit = 0, min(len(evaluated), len(tokens) - 1)
+    while keep < limit and evaluated[keep] == tokens[keep]:
+        keep += 1
+    return keep
+
+
 class LlamaCppBackend:
     # One prompt at a time, keeping the KV of the tokens it shares with the previous prompt: scoring
     # sorts requests by text for this backend and skips cached prompts inside a batch.
@@ -64,12 +75,7 @@ class LlamaCppBackend:
         llm = self.llm
         if len(tokens) >= llm.n_ctx():
             raise UserError(f"member {self.member.name!r}: a prompt of {len(tokens)} tokens exceeds n_ctx = {llm.n_ctx()}; raise n_ctx in the panel file")
-        keep = 0
-        if self.use_prefix_cache:
-            old = llm.input_ids[: llm.n_tokens]
-            limit = min(len(old), len(tokens) - 1)
-            while keep < limit and old[keep] == tokens[keep]:
-                keep += 1
+        keep = reusable_prefix(llm.input_ids[: llm.n_tokens], tokens) if self.use_prefix_cache else 0
         llm.n_tokens = keep  # Llama.eval drops the KV cells after n_tokens before decoding
         llm.eval(tokens[keep:])
         self.tokens_processed += len(tokens) - keep
