@@ -39,8 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SEED = REPO.parent / "shared" / "data" / "text_pools" / "SEEDBench_IMG_vila13b.xlsx"
-MMSTAR_POOL_ITEMS = 22_401
-MMSTAR_MEMBERS = 8
 
 
 def _free_port() -> int:
@@ -103,9 +101,13 @@ def _from_summary(path: Path) -> None:
     n = (summary.get("sample") or {}).get("of") or summary["n_items"]  # a --sample run projects to the whole benchmark
     whole = projection(members, items=n, n_members=len(members))
     print(f"all {n:,} items of {summary.get('label')} with this panel at that rate: {whole['hours_in_turn']:.2f} h of model time")
-    print(json.dumps({"source": summary.get("label"), "items": n, "samples_per_s": round(proj["samples_per_s"], 3),
-                      "projected_hours_22401x8_sequential": round(proj["hours_in_turn"], 2),
-                      "projected_hours_22401x8_8_parallel_endpoints": round(proj["hours_parallel"], 2)}))
+    print(json.dumps({"source": summary.get("label"), "items": n, "samples_per_s": round(proj["samples_per_s"], 3), **_projection_figures(proj)}))
+
+
+def _projection_figures(proj: dict) -> dict:
+    """The JSON keys both modes print (MMStar's scale, ``curate.audit.MMSTAR_POOL``)."""
+    return {"projected_hours_22401x8_sequential": round(proj["hours_in_turn"], 2),
+            "projected_hours_22401x8_8_parallel_endpoints": round(proj["hours_parallel"], 2)}
 
 
 def main() -> None:
@@ -128,7 +130,7 @@ def main() -> None:
         _from_summary(args.from_summary)
         return
 
-    from curate.audit import audit_table, resolve_panel, summarize
+    from curate.audit import audit_table, projection, projection_line, resolve_panel, summarize
     from curate.ingest import ingest
     from curate.report import write_report
 
@@ -178,9 +180,10 @@ def main() -> None:
     t_report = time.perf_counter() - t0
 
     samples = n_items * n_members + controls
-    rate = samples / t_screen
-    total = MMSTAR_POOL_ITEMS * MMSTAR_MEMBERS
-    seq_h = total / rate / 3600
+    # the whole run's wall time, controls included: the rate a user waits at
+    run = {"run": {"asked": samples, "model_seconds": t_screen}}
+    proj = projection(run)
+    rate = proj["samples_per_s"]
     figures = {
         "source": args.source.name,
         "items": n_items,
@@ -191,18 +194,14 @@ def main() -> None:
         "samples_per_s": round(rate, 3),
         "report_seconds": round(t_report, 2),
         "blind_share": summary["blind_share"],
-        "projected_hours_22401x8_sequential": round(seq_h, 2),
-        "projected_hours_22401x8_8_parallel_endpoints": round(seq_h / MMSTAR_MEMBERS, 2),
+        **_projection_figures(proj),
     }
     print(f"screen: {samples} samples ({n_items} items x {n_members} member(s) + {controls} controls) in {t_screen:.1f} s -> {rate:.2f} samples/s")
     print(f"report: {report / 'report.html'} in {t_report:.2f} s; blind share {summary['blind_share']}")
-    print(
-        f"projection for {MMSTAR_POOL_ITEMS:,} items x {MMSTAR_MEMBERS} members at {rate:.2f} samples/s: "
-        f"{seq_h:.1f} h with members in turn, {seq_h / MMSTAR_MEMBERS:.1f} h with 8 endpoints in parallel "
-        "(a GPU vLLM endpoint's rate replaces this machine's; re-run with --endpoint against it via --panel)"
-    )
+    print(projection_line(proj) + " (a GPU vLLM endpoint's rate replaces this machine's; re-run with --endpoint against it via --panel)")
     if args.limit is not None and args.limit < items.height:
-        print(f"projection for all {items.height:,} items of {args.source.name}: {items.height * n_members / rate / 3600:.1f} h")
+        whole = projection(run, items=items.height, n_members=n_members)
+        print(f"projection for all {items.height:,} items of {args.source.name}: {whole['hours_in_turn']:.1f} h")
     print(json.dumps(figures))
 
 
