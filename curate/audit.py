@@ -268,6 +268,11 @@ def top_items(table: pl.DataFrame, members: Sequence[str], n: int = N_TOP_ITEMS)
     return out
 
 
+def member_accuracy(row: dict[str, Any]) -> dict[str, Any]:
+    """A member row's plain accuracy without the image (summaries written before it was recorded: its hits)."""
+    return row.get("accuracy") or row
+
+
 def compare_summaries(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
     """Side-by-side figures of two audits (e.g. a pool before and after curation)."""
     def fig(s: dict) -> dict:
@@ -277,7 +282,7 @@ def compare_summaries(left: dict[str, Any], right: dict[str, Any]) -> dict[str, 
             "blind_share": s["blind_share"],
             "ci95": s["blind"]["ci95"],
             "chance_blind": s["blind"].get("chance_blind"),
-            "members": {m: (v.get("accuracy") or v)["share"] for m, v in s["members"].items()},  # accuracy without image
+            "members": {m: member_accuracy(v)["share"] for m, v in s["members"].items()},
             "rules": {c: v.get("flagged") for c, v in s["rules"].items() if c in RULE_CHECKS},
         }
 

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from curate.audit import member_accuracy
 from curate.schema import LETTERS
 
 CSS = """
@@ -162,7 +163,7 @@ def _member_table(members: dict[str, dict], models: dict[str, dict]) -> str:
         else:
             ctl = "–"
         counted = "" if r.get("counted") is None else ("yes" if r["counted"] else "<span class=no>no (at chance)</span>")
-        acc = _accuracy(r)
+        acc = member_accuracy(r)
         rows.append(
             f"<tr><td><b>{_e(m)}</b><br><span class=muted>{_e(info.get('model', ''))} {_e(info.get('method', ''))}"
             f"{' ' + str(info['shots']) + '-shot' if info.get('shots') is not None else ''}</span></td>"
@@ -176,11 +177,6 @@ def _member_table(members: dict[str, dict], models: dict[str, dict]) -> str:
         "<th>accuracy without image</th><th>95 % CI</th><th>chance</th><th>hits (toward blind)</th><th>no answer</th><th></th></tr>"
         f"{''.join(rows)}</table>"
     )
-
-
-def _accuracy(r: dict) -> dict:
-    """A member's plain accuracy without the image (summaries before it was recorded: its hits)."""
-    return r.get("accuracy") or r
 
 
 def _options_html(options: list | None, key: str | None) -> str:
@@ -327,7 +323,7 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
         "after the member's letter bias is divided out. "
         "Controls: its accuracy on text-answerable questions, which shows whether its verdicts mean anything.</p>"
     )
-    accuracy = {m: _accuracy(r) for m, r in summary["members"].items()}
+    accuracy = {m: member_accuracy(r) for m, r in summary["members"].items()}
     s.append(f"<figure>{plot_shares(accuracy, 'Accuracy without the image', chance_key='chance_hit', xlabel='accuracy')}</figure>")
     s.append(_member_table(summary["members"], models))
     s.append(f"<h2>Hit-count histogram</h2><figure>{plot_histogram(summary['hit_histogram'])}</figure>")
