@@ -18,7 +18,7 @@ import json
 
 import polars as pl
 
-from curate.normalize import FIELD_ALIASES, SOURCE_CATEGORY_ALIASES, SOURCE_L2_ALIASES, NormalizeOptions, _dimension_lookup
+from curate.normalize import FIELD_ALIASES, NA_TEXTS, SOURCE_CATEGORY_ALIASES, SOURCE_L2_ALIASES, NormalizeOptions, _dimension_lookup
 from curate.schema import ITEM_SCHEMA, LETTERS, MAX_OPTIONS, MIN_OPTIONS
 
 #: Exactly the characters Python's ``str.isspace()`` accepts, so ``strip_chars`` strips as ``str.strip()`` does.
@@ -97,12 +97,14 @@ def normalize_frame(df: pl.DataFrame, opts: NormalizeOptions) -> tuple[pl.DataFr
     ).list.drop_nulls()
     ascii_options = pl.all_horizontal([pl.col(f"__opt_{L}").is_null() | pl.col(f"__opt_{L}").str.contains(r"^[\x00-\x7f]*$") for L in letters])
     json_safe = ~pl.any_horizontal([pl.col(c).str.contains(_JSON_HARD).fill_null(False) for c in cols])
+    # "nan" padding (MMStar) is the row path's business: it removes or restores it
+    no_na_text = ~pl.any_horizontal([pl.col(f"__opt_{L}").is_in(list(NA_TEXTS)).fill_null(False) for L in letters])
 
     work = df.with_row_index("__i").with_columns(
         *opt,
         _first_text(aliases["question"]).alias("__q"),
         _first_text(aliases["answer"]).alias("__a"),
-    ).with_columns(options.alias("__options"), normed.alias("__normed"), ascii_options.alias("__ascii"), contiguous.alias("__contig"), json_safe.alias("__json"))
+    ).with_columns(options.alias("__options"), normed.alias("__normed"), ascii_options.alias("__ascii"), contiguous.alias("__contig"), json_safe.alias("__json"), no_na_text.alias("__no_na"))
     n = pl.col("__options").list.len()
     answer = pl.col("__a").str.to_uppercase()
     answer_idx = answer.replace_strict({L: i for i, L in enumerate(LETTERS)}, default=None, return_dtype=pl.Int64)
@@ -115,6 +117,7 @@ def normalize_frame(df: pl.DataFrame, opts: NormalizeOptions) -> tuple[pl.DataFr
         & pl.col("__a").str.contains(r"^[A-Ja-j]$").fill_null(False)
         & (answer_idx < n).fill_null(False)
         & pl.col("__json")
+        & pl.col("__no_na")
     )
     work = work.with_columns(ok.alias("__ok"))
     slow = ~work["__ok"]

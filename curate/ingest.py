@@ -23,7 +23,7 @@ from curate.errors import RowError, UserError
 from curate import columnar
 from curate.formats import ReadOptions, SourceRow, detect_format, get_reader, tables
 from curate.images import DEFAULT_MAX_PIXELS
-from curate.normalize import Dropped, NormalizeOptions, normalize_row
+from curate.normalize import NOTE_KEY, Dropped, NormalizeOptions, normalize_row
 from curate.schema import ITEM_SCHEMA, LEDGER_SCHEMA, conform, validate_items
 from curate.taxonomy import default_taxonomy
 from curate.workspace import StreamingParquetWriter, Workspace
@@ -178,7 +178,8 @@ class _Accountant:
         if isinstance(outcome, Dropped):
             self.record(srow, None, "dropped", outcome.reason, None, outcome.detail)
             return None
-        return outcome if self.keep(srow, outcome["item_id"]) else None
+        note = outcome.pop(NOTE_KEY, None)
+        return outcome if self.keep(srow, outcome["item_id"], note) else None
 
     def add_kept(self, kept: pl.DataFrame) -> None:
         """Account for rows (``row``, ``item_id``) known to be kept, all at once."""
@@ -195,14 +196,17 @@ class _Accountant:
         ledger = pl.concat([p.select(list(LEDGER_SCHEMA)) for p in parts], how="vertical")
         return ledger.sort("row", maintain_order=True) if self.ledger_parts else ledger
 
-    def keep(self, srow: SourceRow, item_id: str) -> bool:
-        """Record a valid item as kept, or quarantine it when its id was already taken."""
+    def keep(self, srow: SourceRow, item_id: str, note: tuple[str, str | None, str] | None = None) -> bool:
+        """Record a valid item as kept, or quarantine it when its id was already taken.
+
+        ``note`` (reason, field, detail) says how a kept row was changed on the way in (e.g. an
+        option restored); it goes into the ledger row so no change is silent."""
         if item_id in self.seen:
             detail = f"item_id {item_id!r} already exists (index repeated in the file, or the same source ingested under this name)"
             self.record(srow, None, "quarantined", "duplicate_id", "index", detail)
             return False
         self.seen.add(item_id)
-        self.record(srow, item_id, "kept", None, None, None)
+        self.record(srow, item_id, "kept", *(note or (None, None, None)))
         return True
 
     def record(self, srow: SourceRow, item_id: str | None, status: str, reason: str | None, fld: str | None, detail: str | None) -> None:

@@ -40,6 +40,24 @@ SOURCE_L2_ALIASES = ("l2-category", "l2_category", "subfield", "topic", "sub_cat
 
 _EMBEDDED_OPTIONS = re.compile(r"\n\s*Options:\s*(?=A[:.)]\s)", re.IGNORECASE)
 _OPTION_SPLIT = re.compile(r"(?:^|,\s+|\n\s*)([A-J])[:.)]\s+")
+#: MathVista's style, as MMStar keeps it: "...\nChoices:\n(A) 1\n(B) 2" -- or the same lines with no
+#: "Choices:" header at the very end of the question (7 of MMStar's MathVista rows).
+_CHOICE_LINES = re.compile(r"(?:\n[ \t]*Choices:[ \t]*)?((?:\n[ \t]*\([A-J]\)[^\n]*)+)\s*$")
+_CHOICE_LINE = re.compile(r"^[ \t]*\(([A-J])\)[ \t]?(.*)$", re.M)
+
+#: Texts that stand for a missing value when a table went through pandas: ``str(float("nan"))`` is what
+#: MMStar's own files pad 2- and 3-option items with ("C: nan, D: nan"). A blank cell counts too.
+NA_TEXTS = frozenset({"nan", "NaN"})
+#: What an NA cell that cannot be padding stood for: a real option follows it, or it is the key.
+#: pandas reads the option text "None" as NaN (``na_values``), and that is what such cells held
+#: wherever we could check: SEED-Bench in VLMEvalKit's xlsx ("How many tree stumps ...? A: <blank>,
+#: B: Two, C: One", key A; 180 rows), and MMStar's own files, which show the cell as "nan" and still
+#: count it as an option (items 268 and 273: the key; 391: "A: Two, B: One, C: nan, D: Three").
+#: Shifting the letters would change the key; dropping the row would lose a real item. A restored
+#: row is kept with ledger reason ``restored_none_option`` naming the letters, so it is never silent.
+RESTORED_NA_TEXT = "None"
+#: Key of an item dict carrying (reason, field, detail) for the ledger of a *kept* row; ingest pops it.
+NOTE_KEY = "_ledger_note"
 
 
 class Dropped(Exception):
@@ -142,8 +160,14 @@ def _check_text(value: str, field: str) -> str:
     return value
 
 
-def _options(data: dict, plan: ColumnPlan, question: str) -> tuple[list[str], str, str]:
-    """Options as a list in letter order, plus the question (embedded options removed) and the field name."""
+def _is_na(value: Any) -> bool:
+    """An option cell that holds no option: blank, or the text pandas writes for NaN."""
+    return _blank(value) or (isinstance(value, str) and value.strip() in NA_TEXTS)
+
+
+def _options(data: dict, plan: ColumnPlan, question: str) -> tuple[list[Any], str, str]:
+    """Option cells in letter order (missing ones as None, padding not yet removed), the question
+    with any embedded options taken out, and the field the options came from."""
     col, value = _get(data, "options", plan)
     if col is not None and not _blank(value):
         if isinstance(value, str):
@@ -155,29 +179,67 @@ def _options(data: dict, plan: ColumnPlan, question: str) -> tuple[list[str], st
             value = [value[k] for k in sorted(value)]
         if not isinstance(value, (list, tuple)):
             raise RowError("bad_options", col, f"field {col!r} must be a list of options, got {type(value).__name__}")
-        return [_check_text(_text(v) or "", col) for v in value], question, col
+        return [None if _is_na(v) else _check_text(_text(v), col) for v in value], question, col
     if plan.letters:
-        present = [L for L in plan.letters if not _blank(data[L])]
-        if present:
-            expected = list(LETTERS[: len(present)])
-            if present != expected:
-                raise RowError("options_not_contiguous", present[-1], f"option columns {present} are not contiguous from A (a gap would shift letters)")
-            return [_check_text(_text(data[L]), L) for L in present], question, "A"
+        cells = [None if _is_na(data[L]) else _check_text(_text(data[L]), L) for L in plan.letters]
+        if any(c is not None for c in cells):
+            if list(plan.letters) != list(LETTERS[: len(plan.letters)]):
+                raise RowError("options_not_contiguous", plan.letters[-1], f"option columns {list(plan.letters)} are not contiguous from A (a gap would shift letters)")
+            return cells, question, "A"
+    return _embedded_options(question)
+
+
+def _embedded_options(question: str) -> tuple[list[Any], str, str]:
+    """Options written inside the question, in MMStar's two styles ("Options: A: x, B: y" and
+    MathVista's "Choices:\n(A) x\n(B) y"); ([], question, "options") when there are none."""
     match = _EMBEDDED_OPTIONS.search(question)
     if match:  # MMStar on the Hub: "...?\nOptions: A: x, B: y, C: z"
-        tail = question[match.end() :]
-        parts = _OPTION_SPLIT.split(tail)
+        parts = _OPTION_SPLIT.split(question[match.end() :])
         found = dict(zip(parts[1::2], (p.strip().rstrip(",").strip() for p in parts[2::2])))
-        letters = sorted(found)
-        if letters and letters == list(LETTERS[: len(letters)]):
-            return [found[L] for L in letters], question[: match.start()].rstrip(), "question"
-    return [], question, "options"
+        rest = question[: match.start()].rstrip()
+    elif (match := _CHOICE_LINES.search(question)) is not None:
+        found = {L: text.strip() for L, text in _CHOICE_LINE.findall(match.group(1))}
+        rest = question[: match.start()].rstrip()
+    else:
+        return [], question, "options"
+    letters = sorted(found)
+    if not letters or letters != list(LETTERS[: len(letters)]) or not rest:
+        return [], question, "options"
+    return [None if _is_na(found[L]) else found[L] for L in letters], rest, "question"
+
+
+def _settle_options(cells: list[Any], answer: Any, field: str) -> tuple[list[str], str | None]:
+    """Real options from option cells, and a ledger note when a cell was restored.
+
+    Trailing NA cells are padding and go (MMStar: "C: nan, D: nan" on a 2-option item). An NA
+    cell that cannot be padding -- a real option follows it, or it is the key -- is restored as
+    ``RESTORED_NA_TEXT`` (see there) instead of shifting the letters after it.
+    """
+    key = _text(answer)
+    key_pos = LETTERS.index(key.upper()) if key and len(key) == 1 and key.upper() in LETTERS else None
+    last = max((i for i, c in enumerate(cells) if c is not None), default=-1)
+    if key_pos is not None and last < key_pos < len(cells):
+        last = key_pos
+    restored = [LETTERS[i] for i in range(last + 1) if cells[i] is None]
+    if not restored:
+        return list(cells[: last + 1]), None
+    options = [RESTORED_NA_TEXT if c is None else c for c in cells[: last + 1]]
+    return options, (f"option(s) {', '.join(restored)} empty or 'nan' before a real option or as the key: restored as "
+                     f"{RESTORED_NA_TEXT!r} (pandas reads the option text 'None' as NaN)")
 
 
 _LETTER_DECORATED = re.compile(r"\(?[A-J]\)?[.:]?")  # "(B)", "B.", "C:"
 
 
-def _answer_letter(raw: Any, options: list[str], field: str) -> str:
+def _answer_letter(raw: Any, options: list[str], field: str, *, text_first: bool = False) -> str:
+    """The key as a letter, from a letter ("B", "(B)", "B."), an option's text, or a 0-based index.
+
+    A number can be both: options "1".."4" with answer "2" is option B by text and C by index.
+    The rule: a value typed as an integer (HF ``ClassLabel``, MMLU's int column) is an index;
+    a text answer is an option's text when options came as a list (MathVista's ``choices``,
+    whose ``answer`` is always the choice text) and otherwise ambiguous -- quarantined
+    (``ambiguous_answer``) rather than guessed. Text that matches no option may be an index.
+    """
     text = _text(raw)
     if text is None:
         raise RowError("missing_answer", field, f"field {field!r} is empty: no answer key")
@@ -188,13 +250,20 @@ def _answer_letter(raw: Any, options: list[str], field: str) -> str:
         return text.upper()
     if _LETTER_DECORATED.fullmatch(text):
         return _answer_letter(text.strip("().:"), options, field)
-    if isinstance(raw, int) or text.isdigit():
-        idx = int(text)  # integer label = index into the options (MMLU, HF datasets)
-        if 0 <= idx < len(options):
-            return letters[idx]
+    typed_int = isinstance(raw, int) and not isinstance(raw, bool)
+    by_index = int(text) if (typed_int or text.isdigit()) and 0 <= int(text) < len(options) else None
+    if typed_int and by_index is not None:
+        return letters[by_index]
     matches = [i for i, o in enumerate(options) if o.strip().lower() == text.lower()]
-    if len(matches) == 1:  # the answer given as the option's text (MathVista)
-        return letters[matches[0]]
+    # The same text twice (MathVista pid 781: "9, 12, 18, 18", answer "18"): the first, as MMStar keyed it
+    # (its item 1236); the row's ledger note says the options repeat.
+    by_text = matches[0] if matches and len({options[i] for i in matches}) == 1 else None
+    if by_text is not None and by_index is not None and by_text != by_index and not text_first:
+        raise RowError("ambiguous_answer", field, f"answer {text!r} is option {letters[by_text]}'s text and, as a 0-based index, option {letters[by_index]}")
+    if by_text is not None:
+        return letters[by_text]
+    if by_index is not None:
+        return letters[by_index]
     raise RowError("answer_not_in_options", field, f"answer {text[:60]!r} is neither an option letter nor the text of one option")
 
 
@@ -296,9 +365,11 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
     orig_index = _text(index) or str(src.row)
     item_id = f"{opts.source}:{orig_index}"
 
-    options, question, ocol = _options(data, plan, question)
+    cells, question, ocol = _options(data, plan, question)
     acol, answer = _get(data, "answer", plan)
     acol = acol or "answer"
+    options, note = _settle_options(cells, answer, ocol) if cells else ([], None)
+    notes = [("restored_none_option", ocol, note)] if note else []
     if not options:
         if opts.open_to_mcq:
             options, letter = _open_to_mcq(answer, item_id, data, opts)
@@ -311,11 +382,13 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
             raise RowError("too_many_options", ocol, f"{len(options)} options; at most {MAX_OPTIONS} are supported")
         if "" in options:  # every option is text by now
             raise RowError("empty_option", ocol, "an option is empty")
-        normed = [" ".join(o.lower().split()) for o in options]
+        normed = [" ".join(o.split()) for o in options]  # case matters: genotypes "XAXa" vs "XAXA"
         if len(set(normed)) != len(normed):
-            dup = next(o for o in options if normed.count(" ".join(o.lower().split())) > 1)
-            raise RowError("duplicate_options", ocol, f"options repeat the same text ({dup[:40]!r})")
-        letter = _answer_letter(answer, options, acol)
+            # Kept, with its reason in the ledger: a published item (MMStar has 7) is still an item of
+            # the source; the ``malformed`` rule filter decides at screening whether it can be scored.
+            dup = next(o for o, n in zip(options, normed) if normed.count(n) > 1)
+            notes.append(("duplicate_options", ocol, f"options repeat the same text ({dup[:40]!r})"))
+        letter = _answer_letter(answer, options, acol, text_first=ocol in FIELD_ALIASES["options"])
 
     images = _decode_images(src.images, opts)
     if src.has_image_column and not images and "_image_unavailable" not in data:
@@ -353,7 +426,12 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
         "source_category": source_category,
         "source_l2_category": source_l2,
         "meta": _meta(data),
-    }
+    } | ({NOTE_KEY: _joined(notes)} if notes else {})
+
+
+def _joined(notes: list[tuple[str, str | None, str]]) -> tuple[str, str | None, str]:
+    """Several ledger notes of one kept row as one (reason codes joined by '+')."""
+    return "+".join(n[0] for n in notes), notes[0][1], "; ".join(n[2] for n in notes)
 
 
 def _first(data: dict, plan: ColumnPlan, canonical: str, aliases: tuple[str, ...]) -> str | None:
