@@ -27,6 +27,8 @@ from pathlib import Path
 
 import polars as pl
 
+from curate.normalize import split_embedded_options
+
 from curate.errors import UserError
 from curate.schema import LETTERS
 
@@ -49,7 +51,6 @@ _REFUSALS = ("sorry, i can't help with images", "i can't process this file", "wi
 _TOKEN_SPLIT = re.compile(r"[\s.,:;!?()\[\]{}*#\"`]+")
 _ANSWER_IS = re.compile(r"(?i)answer\s+is\s*:?\s*\(?([A-J])(?![A-Za-z])")
 _BARE_LETTER = re.compile(r"^\(?([A-Ja-j])\)?[.:)]?$")
-_EMBEDDED_OPTIONS = re.compile(r"\bOptions:\s*(.+)$", re.S)
 
 
 # ----------------------------------------------------------------------------------------
@@ -256,17 +257,12 @@ def _parse_options(cell: str | None) -> list[str] | None:
 
 
 def _embedded_options(question: str | None) -> list[str] | None:
-    """MMStar's own files put options in the question: ``Options: A: x, B: y, C: z``."""
+    """Options written inside the question (MMStar's ``Options: A: x, B: y`` and MathVista's
+    ``Choices:\n(A) x``), read by ingest's own parser so both agree; padding cells are None."""
     if not question:
         return None
-    m = _EMBEDDED_OPTIONS.search(question)
-    if not m:
-        return None
-    parts = re.split(r"(?:^|,\s*)([A-J])[:.]\s*", m.group(1).strip())
-    letters, texts = parts[1::2], parts[2::2]
-    if not letters or "".join(letters) != LETTERS[: len(letters)]:
-        return None
-    return [t.strip() for t in texts]
+    cells, _, _ = split_embedded_options(question)
+    return cells or None
 
 
 def _trim(opts: list[str | None] | None) -> list[str | None] | None:

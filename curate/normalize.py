@@ -186,10 +186,10 @@ def _options(data: dict, plan: ColumnPlan, question: str) -> tuple[list[Any], st
             if list(plan.letters) != list(LETTERS[: len(plan.letters)]):
                 raise RowError("options_not_contiguous", plan.letters[-1], f"option columns {list(plan.letters)} are not contiguous from A (a gap would shift letters)")
             return cells, question, "A"
-    return _embedded_options(question)
+    return split_embedded_options(question)
 
 
-def _embedded_options(question: str) -> tuple[list[Any], str, str]:
+def split_embedded_options(question: str) -> tuple[list[Any], str, str]:
     """Options written inside the question, in MMStar's two styles ("Options: A: x, B: y" and
     MathVista's "Choices:\n(A) x\n(B) y"); ([], question, "options") when there are none."""
     match = _EMBEDDED_OPTIONS.search(question)

@@ -216,3 +216,24 @@ def test_source_pools_lose_no_row(tmp_path, shared_data, name):
     assert not flat & {"nan", ""}
     assert (items["answer_text"] == items.select(pl.col("options").list.get(
         pl.col("answer").str.replace_many(list("ABCDEFGHIJ"), [str(i) for i in range(10)]).cast(pl.Int64)))["options"]).all()
+
+
+def _mmstar_official_hit(prediction, answer) -> bool:
+    """MMStar's own evaluator (its repo, eval/vlmeval/evaluate/mmstar.py), written out here on its own."""
+    a = str(answer).lower().strip().replace("\n", " ")
+    p = str(prediction).lower().strip().replace("\n", " ")
+    return bool(p) and (p[0] == a or (p[:1] == "(" and p[1:2] == a) or (p[:7] == "option " and p[7:8] == a)
+                        or (p[:14] == "the answer is " and p[14:15] == a))
+
+
+@pytest.mark.parametrize("path", [OFFICIAL, *VLMEVALKIT], ids=lambda p: p.stem)
+def test_metrics_score_mmstar_files_as_mmstar_does(path):
+    """`mmcurate metrics` on MMStar's published predictions gives MMStar's own score (LLaVA-Next-34B: 52.07,
+    the paper's 52.1; VILA-8B: 42.00 as VLMEvalKit's file)."""
+    from curate.metrics import accuracy, read_predictions, score
+
+    df = pl.read_excel(path, infer_schema_length=0)
+    want = 100 * sum(_mmstar_official_hit(p, a) for p, a in zip(df["prediction"], df["answer"])) / 1500
+    got = accuracy(score(read_predictions(path)))
+    assert got["n"] == 1500 and got["accuracy"] == round(want, 2)
+    assert round(want, 2) == {"llava_next_yi_34b_MMStar": 52.07, "vila_8b_MMStar": 42.0}.get(path.stem, round(want, 2))
