@@ -33,6 +33,11 @@ def serve(
         server = start_server(workdir, port)
     console.print(f"Label Studio: [bold]{server.url}[/]  (login and API token in {secret_path(workdir)}, readable only by you)")
     if detach:
+        import warnings
+
+        # Left running on purpose (`review stop` ends it): Popen's "subprocess N is still running"
+        # ResourceWarning at exit would report a leak that is not one.
+        warnings.filterwarnings("ignore", message=r"subprocess \d+ is still running", category=ResourceWarning)
         return
     console.print("Ctrl-C stops it.")
     try:

@@ -16,6 +16,7 @@ a message.
 from __future__ import annotations
 
 import json
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -69,12 +70,26 @@ class ReviewClient:
         self.url = url.rstrip("/")
         self._token = token
         self.import_timeout = import_timeout
-        self.ls = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
+        # Our own HTTP client, closed by close() / `with` / at exit at the latest: the SDK's default
+        # one is never closed, which left an "unclosed socket" ResourceWarning after every review command.
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+        self._closer = weakref.finalize(self, self._http.close)
+        self.ls = LabelStudio(base_url=self.url, api_key=token, timeout=timeout, httpx_client=self._http)
         me = self.call("check the API token", lambda: self.ls.users.whoami(request_options=NO_RETRY))
         self.user_email = getattr(me, "email", None) or getattr(me, "username", "")
 
     def __repr__(self) -> str:
         return f"ReviewClient(url={self.url!r}, token=***)"
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent)."""
+        self._closer()
+
+    def __enter__(self) -> ReviewClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- error mapping -------------------------------------------------------------------
     def call(self, what: str, fn: Callable[[], Any]) -> Any:

@@ -39,6 +39,7 @@ def synthetic(n: int, *, seed: int = 0, tight: bool = False) -> pl.DataFrame:
         "suggested_l2_category": rng.choice(dims, n, p=weights),
         "suggested_prob": rng.random(n),
         "difficulty": rng.choice(LEVELS, n, p=[0.4, 0.3, 0.2, 0.1]),
+        "n_images": np.ones(n, dtype=np.int32),  # every candidate has its image (balance skips items without one)
         "near_duplicate_group": pl.Series([f"g{g}" if m else None for g, m in zip(groups, in_group)], dtype=pl.String),
     })
 

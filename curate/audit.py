@@ -8,6 +8,13 @@ model again.
 Why confidence intervals and chance levels everywhere: a "12 % blind-answerable" figure
 means little on 40 items, and nothing without the share a guessing panel would reach on
 4-option questions. Every share comes with its 95 % Wilson interval and its chance level.
+
+Why questions, not copies: MMBench's circular copies, translations on one image and the same
+question in two sources (``curate.groups``) would count one question several times and make
+its verdict look several times as certain. Every share, the members' figures, the hit
+histogram and the top items count one row per group (the first in table order);
+``n_items`` still counts every row and ``n_questions`` the groups. The rule findings count
+items (a flag is about an item's own text).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from curate.errors import UserError
 
 #: Columns the screening adds (per member ``m``: ``answer__m``, ``hit__m``, ``prob__m``, ``raw__m``).
 SCREEN_COLUMNS = ("hits", "n_members", "blind")
-RULE_CHECKS = ("answer_leak", "near_duplicate", "duplicate_image", "malformed")
+RULE_CHECKS = ("answer_leak", "near_duplicate", "duplicate_image", "malformed", "no_image")
 N_TOP_ITEMS = 25
 N_RULE_EXAMPLES = 5
 MMSTAR_POOL = (22_401, 8)  # MMStar screened 22,401 candidates with 8 LLMs: the scale a projection is quoted at
@@ -125,7 +132,8 @@ def summarize(
 ) -> dict[str, Any]:
     """The audit summary of one screened table (plain JSON-able data; shares are fractions 0-1).
 
-    Keys: ``blind_share`` (overall fraction of items the panel answered blind),
+    Keys: ``n_items`` (rows), ``n_questions`` (groups of copies: what every share below counts,
+    see the module docstring), ``blind_share`` (overall fraction of questions the panel answered blind),
     ``blind`` (the same with n, k, 95 % CI and chance levels), ``by_source``,
     ``by_category`` (MMStar capability), ``by_dimension`` (MMStar dimension),
     ``by_source_category``, ``by_n_options``, ``members`` (each member's hits, its plain
@@ -134,6 +142,9 @@ def summarize(
     ``top_items``.
     """
     check_screened(table)
+    from curate.groups import one_per_group
+
+    items, table = table, one_per_group(table)  # shares count questions; ``items`` keeps every copy
     members = member_names(table)
     if threshold is None:
         threshold = infer_threshold(table)
@@ -180,8 +191,9 @@ def summarize(
     summary: dict[str, Any] = {
         "label": label,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n_items": table.height,
-        "sources": sorted(set(table["source"].drop_nulls().to_list())) if "source" in table.columns else [],
+        "n_items": items.height,
+        "n_questions": table.height,
+        "sources": sorted(set(items["source"].drop_nulls().to_list())) if "source" in items.columns else [],
         "panel": {**(panel_info or {}), "members": members, "n_members": n_members, "max_hits": threshold},
         "blind_rule": f"blind when more than {threshold} of {n_members} members answer right without the image",
         "blind_share": blind["share"],
@@ -196,7 +208,7 @@ def summarize(
         "members": member_rows,
         "projection": projection(member_rows),  # None when every answer came from the cache
         "hit_histogram": histogram,
-        "rules": rule_findings(table),
+        "rules": rule_findings(items),
         "top_items": top_items(table, members, n=n_top),
     }
     return summary
@@ -279,6 +291,7 @@ def compare_summaries(left: dict[str, Any], right: dict[str, Any]) -> dict[str, 
         return {
             "label": s.get("label"),
             "n_items": s["n_items"],
+            "n_questions": s.get("n_questions", s["n_items"]),
             "blind_share": s["blind_share"],
             "ci95": s["blind"]["ci95"],
             "chance_blind": s["blind"].get("chance_blind"),

@@ -2,8 +2,8 @@
 
 Why an integer program and not a greedy pass: the wishes pull against each other (equal
 capability shares, even dimensions, a cap per source benchmark, a difficulty mix, at most
-one item per near-duplicate group). A greedy pass satisfies whichever comes first and
-silently breaks the rest; HiGHS (``scipy.optimize.milp``) weighs them all at once. Every
+one item per group of copies or near-duplicates). A greedy pass satisfies whichever comes
+first and silently breaks the rest; HiGHS (``scipy.optimize.milp``) weighs them all at once. Every
 wish is a *soft* constraint with a slack variable whose penalty states its priority, so the
 solver always returns a selection, and the slacks that stay non-zero become the shortfall
 table the user reads (``strict=True`` turns a shortfall into a ``UserError``).
@@ -20,6 +20,15 @@ seeded order. Only near-duplicate groups that straddle cells keep one binary per
 Priority among an item's dimension columns: ``l2_category`` (MMStar strings, when set and
 known to the taxonomy), then ``review_dimension`` (a reviewer's label), then
 ``suggested_l2_category`` (the classifier's suggestion, see ``curate.suggest``).
+
+Two integrity rules hold for every selection (``balance`` and ``replace``):
+
+* an item without any image (``n_images`` 0 / empty ``images``) is never selected unless
+  ``allow_no_image=True``: a vision benchmark of text-only questions measures nothing;
+* never two items of one group, where a group joins ``group_id`` (copies of one question,
+  ``curate.groups``: circular copies, translations, the same image and question twice) and
+  ``near_duplicate_group`` transitively (``curate.groups.linked_groups``). A table without
+  ``group_id`` gets one from ``curate.groups.assign_groups`` first, and the selection carries it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import numpy as np
 import polars as pl
 
 from curate.errors import UserError
+from curate.groups import ensure_groups, linked_groups, no_image_expr
 from curate.taxonomy import Taxonomy, default_taxonomy
 
 #: MMStar's difficulty levels, by how many of its vision models solved an item.
@@ -43,7 +53,7 @@ DIFFICULTY_LEVELS = ("easy", "moderate", "hard", "tough")
 W_CAPABILITY, W_SOURCE, W_DIMENSION, W_DIFFICULTY, W_TIE = 1e6, 1e4, 1e2, 1.0, 1e-4
 
 DEFAULT_SOURCE_CAP = 0.5
-_HELPERS = ("_conf", "_key", "_source", "_difficulty", "_group", "_unit", "_co", "_do")
+_HELPERS = ("_conf", "_key", "_source", "_difficulty", "_group", "_unit", "_co", "_do", "_linked")
 SHORTFALL_SCHEMA = {
     "capability": pl.String(),
     "dimension": pl.String(),  # null on a capability's total row
@@ -73,17 +83,25 @@ def not_dropped(items: pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-def candidates(items: pl.DataFrame, *, taxonomy: Taxonomy | None = None, exclude: Iterable[str] = ()) -> pl.DataFrame:
+def eligible(items: pl.DataFrame, *, allow_no_image: bool = False) -> pl.DataFrame:
+    """Rows no earlier stage dropped (``not_dropped``) and, unless ``allow_no_image``, with an image."""
+    df = not_dropped(items)
+    return df if allow_no_image else df.filter(~no_image_expr(df.columns))
+
+
+def candidates(items: pl.DataFrame, *, taxonomy: Taxonomy | None = None, exclude: Iterable[str] = (),
+               allow_no_image: bool = False) -> pl.DataFrame:
     """Rows the balancer may choose, with resolved ``category``/``l2_category`` and helper columns.
 
     Dropped rows (``blind`` true, ``rule_drop`` true, ``review_kept`` false -- each only when
-    the column exists) and rows without a known dimension are left out. Added columns:
-    ``dimension_from`` (l2_category / review / suggestion) and ``_conf`` (1.0 for a label,
-    the suggestion's probability otherwise; higher is taken first within a cell).
+    the column exists), rows without any image (unless ``allow_no_image``) and rows without a
+    known dimension are left out. Added columns: ``dimension_from`` (l2_category / review /
+    suggestion) and ``_conf`` (1.0 for a label, the suggestion's probability otherwise; higher
+    is taken first within a cell).
     """
     tax = taxonomy or default_taxonomy()
     dims = {d.name: d.capability for d in tax.dimensions}
-    df = not_dropped(items)
+    df = eligible(items, allow_no_image=allow_no_image)
     exclude = list(exclude)
     if exclude:
         df = df.filter(~pl.col("item_id").is_in(exclude))
@@ -200,6 +218,7 @@ def balance(
     exclude: Iterable[str] = (),
     taxonomy: Taxonomy | None = None,
     time_limit: float = 60.0,
+    allow_no_image: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Choose a balanced subset of ``items``; return ``(selected, shortfall)``.
 
@@ -215,10 +234,12 @@ def balance(
         default an even split over easy/moderate/hard/tough as availability allows.
     strict : raise ``UserError`` when any capability or dimension is short.
     exclude : item_ids never to select (e.g. items rejected earlier).
+    allow_no_image : also select items without any image (default: never).
 
     ``selected`` keeps every input column, sets ``category``/``l2_category`` to the resolved
-    capability/dimension, and adds ``dimension_from``. ``shortfall`` has one row per short
-    dimension and per short capability total (``dimension`` null): capability, dimension,
+    capability/dimension, and adds ``dimension_from`` (and ``group_id``/``group_reason`` when
+    the input had none); no two selected items share a group (copies or near-duplicates).
+    ``shortfall`` has one row per short dimension and per short capability total (``dimension`` null): capability, dimension,
     wanted, available, chosen. Raises ``UserError`` when more items are asked for than
     exist, or when a capability that should get items has no candidates at all.
     """
@@ -230,31 +251,32 @@ def balance(
     if total <= 0:
         raise UserError(f"nothing to select: total={total} (give --total > 0)")
 
-    cand = candidates(items, taxonomy=tax, exclude=exclude)
+    items = ensure_groups(items)
+    items = items.with_columns(linked_groups(items).alias("_linked"))
+    cand = candidates(items, taxonomy=tax, exclude=exclude, allow_no_image=allow_no_image)
     if cand.height == 0:
+        imageless = 0 if allow_no_image else eligible(items, allow_no_image=True).height - eligible(items).height
+        hint = (f"; {imageless} kept items have no image (pass --allow-no-image / allow_no_image=True to select them)"
+                if imageless else "")
         raise UserError(
-            f"no candidates: none of the {items.height} items is kept and has a dimension "
-            "(l2_category, review_dimension or suggested_l2_category); run `mmcurate suggest` first"
+            f"no candidates: none of the {items.height} items is kept, has an image and has a dimension "
+            f"(l2_category, review_dimension or suggested_l2_category); run `mmcurate suggest` first{hint}"
         )
     diff = _difficulty(cand)
     cand = cand.with_columns(
         pl.Series("_key", _tie_keys(cand["item_id"].to_list(), seed)),
         pl.col("source").fill_null("(unknown)").alias("_source"),
         (diff if diff is not None else pl.lit(None, dtype=pl.String)).alias("_difficulty"),
-        (
-            pl.col("near_duplicate_group").cast(pl.String)
-            if "near_duplicate_group" in cand.columns
-            else pl.lit(None, dtype=pl.String)
-        ).alias("_group"),
+        pl.col("_linked").alias("_group"),  # copies (group_id) and near-duplicates, joined
     )
-    # One unit per item, except that a near-duplicate group counts once.
+    # One unit per item, except that a group of copies / near-duplicates counts once.
     cand = cand.with_columns(pl.coalesce(pl.col("_group"), pl.lit("\x00") + pl.col("item_id")).alias("_unit"))
 
     units_total = cand["_unit"].n_unique()
     if total > units_total:
         raise UserError(
             f"asked for {total} items but only {units_total} distinct candidates exist "
-            f"({cand.height} kept items with a dimension, one per near-duplicate group); lower --total"
+            f"({cand.height} kept items with a dimension, one per group of copies / near-duplicates); lower --total"
         )
     avail_cap = dict(cand.group_by("category").agg(pl.col("_unit").n_unique()).iter_rows())
     empty = [c for c in cap_names if shares[c] > 0 and not avail_cap.get(c)]
@@ -490,20 +512,28 @@ def replace(
     source_cap: float | int | None = DEFAULT_SOURCE_CAP,
     exclude: Iterable[str] = (),
     taxonomy: Taxonomy | None = None,
+    allow_no_image: bool = False,
 ) -> Replacement:
     """Swap one rejected item for an unselected candidate of the same capability and difficulty.
 
     MMStar's rule. Nothing else changes, and among the eligible candidates the one that
     disturbs the balance least wins: same dimension first, then same source, then one whose
     source stays within its cap, then the most confident dimension, then the seeded key. A
-    candidate whose near-duplicate group already has a selected member is never taken.
+    candidate whose group (copies or near-duplicates, as in ``balance``) already has a
+    selected member is never taken, nor a copy of the rejected item itself (the same question),
+    nor an item without an image unless ``allow_no_image``.
     The new item takes the rejected item's row position.
     """
     ids = selected["item_id"].to_list()
     if item_id not in ids:
         raise UserError(f"--replace {item_id!r}: not in the balanced selection ({len(ids)} items); check the item_id")
     old = selected.row(ids.index(item_id), named=True)
-    pool = candidates(items, taxonomy=taxonomy, exclude=[*exclude, item_id, *ids])
+    items = ensure_groups(items)
+    items = items.with_columns(linked_groups(items).alias("_linked"))
+    pool = candidates(items, taxonomy=taxonomy, exclude=[*exclude, item_id, *ids], allow_no_image=allow_no_image)
+    # The selected items' groups, the rejected item's own included: its copies are the same question.
+    taken = items.filter(pl.col("item_id").is_in(ids))["_linked"].drop_nulls().to_list()
+    pool = pool.filter(pl.col("_linked").is_null() | ~pl.col("_linked").is_in(taken))
     if "near_duplicate_group" in pool.columns and "near_duplicate_group" in selected.columns:
         taken = selected.filter(pl.col("item_id") != item_id)["near_duplicate_group"].drop_nulls().to_list()
         pool = pool.filter(pl.col("near_duplicate_group").is_null() | ~pl.col("near_duplicate_group").is_in(taken))
@@ -551,22 +581,42 @@ def _rejected(ws) -> list[str]:
     return led.filter((pl.col("stage") == BALANCE_STAGE) & (pl.col("reason") == "rejected"))["item_id"].drop_nulls().to_list()
 
 
-def _with_dimensions(items: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
-    """Add dimension suggestions when some item has no dimension and none were suggested yet."""
+def _with_dimensions(items: pl.DataFrame, allow_no_image: bool = False) -> tuple[pl.DataFrame, bool]:
+    """Add dimension suggestions when some selectable item has no dimension and none were suggested yet."""
     if "suggested_l2_category" in items.columns:
         return items, False
-    if candidates(items).height == not_dropped(items).height:
+    if candidates(items, allow_no_image=allow_no_image).height == eligible(items, allow_no_image=allow_no_image).height:
         return items, False
     from curate.suggest import suggest
 
     return suggest(items), True
 
 
+def _ledger_rows(items: pl.DataFrame, pool: pl.DataFrame, selected: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Selected / not_selected per candidate; a copy left out because another member of its group
+    was selected says which one."""
+    chosen = selected["item_id"].to_list()
+    linked = items.select("item_id", linked_groups(items).alias("_lg"))
+    winner = dict(linked.filter(pl.col("item_id").is_in(chosen) & pl.col("_lg").is_not_null()).select("_lg", "item_id").iter_rows())
+    pool = pool.join(linked, on="item_id", how="left").with_columns(
+        pl.col("_lg").replace_strict(winner, default=None, return_dtype=pl.String).alias("_winner"))
+    is_chosen = pl.col("item_id").is_in(chosen)
+    base = pl.format("{} / {} (dimension from {}), seed {}", "category", "l2_category", "dimension_from", pl.lit(seed))
+    copy = pl.when(~is_chosen & pl.col("_winner").is_not_null()).then(pl.format("; {} of its group is selected", "_winner"))
+    return pool.select(
+        "source_file", "row", "item_id",
+        status=pl.when(is_chosen).then(pl.lit("kept")).otherwise(pl.lit("dropped")),
+        reason=pl.when(is_chosen).then(pl.lit("selected")).otherwise(pl.lit("not_selected")),
+        detail=pl.concat_str([base, copy], ignore_nulls=True),
+    )
+
+
 def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: int = 0, strict: bool = False,
-                      source_cap: float | int | None = DEFAULT_SOURCE_CAP) -> BalanceResult:
+                      source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False) -> BalanceResult:
     """Balance the newest of reviewed / screened / items; write ``balanced.parquet`` and the ledger.
 
-    Items rejected earlier with ``--replace`` stay out. Items without a dimension get one
+    Items rejected earlier with ``--replace`` stay out, and so do items without an image unless
+    ``allow_no_image`` (each gets a ledger row ``no_image``). Items without a dimension get one
     suggested first (``curate.suggest``). Nothing is written when it raises.
     """
     from curate.schema import validate_items
@@ -578,19 +628,20 @@ def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: 
     rejected = _rejected(ws)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        items, suggested = _with_dimensions(items)
+        items, suggested = _with_dimensions(ensure_groups(items), allow_no_image)
         selected, shortfall = balance(items, total=total, per_capability=per_capability, seed=seed, strict=strict,
-                                      source_cap=source_cap, exclude=rejected)
+                                      source_cap=source_cap, exclude=rejected, allow_no_image=allow_no_image)
     validate_items(selected, f"{ws.path('balanced')}")
     ws.write("balanced", selected)
-    chosen = set(selected["item_id"].to_list())
-    pool = candidates(items, exclude=rejected)
-    led = pool.select(
-        "source_file", "row", "item_id",
-        status=pl.when(pl.col("item_id").is_in(list(chosen))).then(pl.lit("kept")).otherwise(pl.lit("dropped")),
-        reason=pl.when(pl.col("item_id").is_in(list(chosen))).then(pl.lit("selected")).otherwise(pl.lit("not_selected")),
-        detail=pl.format("{} / {} (dimension from {}), seed {}", "category", "l2_category", "dimension_from", pl.lit(seed)),
-    )
+    pool = candidates(items, exclude=rejected, allow_no_image=allow_no_image)
+    led = _ledger_rows(items, pool, selected, seed)
+    if not allow_no_image:
+        imageless = not_dropped(items).filter(no_image_expr(items.columns) & ~pl.col("item_id").is_in(rejected))
+        if imageless.height:
+            led = pl.concat([led, imageless.select(
+                "source_file", "row", "item_id", status=pl.lit("dropped"), reason=pl.lit("no_image"),
+                detail=pl.lit("the item has no image; a vision benchmark needs one (mmcurate balance --allow-no-image selects such items)"),
+            )], how="vertical_relaxed")
     if rejected:
         rej = items.filter(pl.col("item_id").is_in(rejected)).select(
             "source_file", "row", "item_id", status=pl.lit("dropped"), reason=pl.lit("rejected"),
@@ -601,7 +652,7 @@ def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: 
 
 
 def replace_in_workspace(workdir, item_id: str, *, seed: int = 0,
-                         source_cap: float | int | None = DEFAULT_SOURCE_CAP) -> Replacement:
+                         source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False) -> Replacement:
     """Replace one item of ``balanced.parquet`` (MMStar's rule) and record both sides in the ledger."""
     from curate.workspace import Workspace
 
@@ -614,8 +665,8 @@ def replace_in_workspace(workdir, item_id: str, *, seed: int = 0,
         raise UserError(f"--replace {item_id!r}: already rejected and replaced; see `mmcurate status {workdir} --rows`")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the suggester's notes were shown when balancing
-        items, _ = _with_dimensions(ws.read(ws.newest(INPUT_STAGES)))
-    rep = replace(selected, items, item_id, seed=seed, source_cap=source_cap, exclude=rejected)
+        items, _ = _with_dimensions(ensure_groups(ws.read(ws.newest(INPUT_STAGES))), allow_no_image)
+    rep = replace(selected, items, item_id, seed=seed, source_cap=source_cap, exclude=rejected, allow_no_image=allow_no_image)
     ws.write("balanced", rep.selected)
     both = pl.concat([selected.filter(pl.col("item_id") == item_id), rep.selected.filter(pl.col("item_id") == rep.added)],
                      how="diagonal_relaxed")

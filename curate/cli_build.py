@@ -47,18 +47,30 @@ def balance_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 2) instead of printing a shortfall table.")] = False,
     source_cap: Annotated[float, typer.Option(help="Most items from one source: a fraction of --total (<= 1) or a count; 0 = no cap.")] = 0.5,
     replace: Annotated[Optional[str], typer.Option("--replace", metavar="ITEM_ID", help="Replace one rejected item of balanced.parquet (same capability and difficulty).")] = None,
+    allow_no_image: Annotated[bool, typer.Option("--allow-no-image", help="Also select items without any image (never by default).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (counts, shortfall, warnings) instead of tables.")] = False,
 ) -> None:
     """Select a balanced set from the newest of reviewed / screened / items into WORKDIR/balanced.parquet."""
+    import json
+    import sys
+
     from curate.balance import balance_workspace, replace_in_workspace
 
     cap = None if source_cap == 0 else (int(source_cap) if source_cap > 1 else source_cap)
     if replace:
-        rep = replace_in_workspace(workdir, replace, seed=seed, source_cap=cap)
-        out.print(f"replaced {rep.removed} with {rep.added} in {workdir}/balanced.parquet", highlight=False)
+        rep = replace_in_workspace(workdir, replace, seed=seed, source_cap=cap, allow_no_image=allow_no_image)
+        if as_json:
+            sys.stdout.write(json.dumps({"removed": rep.removed, "added": rep.added, "selected": rep.selected.height,
+                                         "output": f"{workdir}/balanced.parquet"}) + "\n")
+        else:
+            out.print(f"replaced {rep.removed} with {rep.added} in {workdir}/balanced.parquet", highlight=False)
         return
-    with out.status("solving the selection (HiGHS)"):
-        res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap)
-    print_balance(res, workdir, out)
+    with (Console(stderr=True) if as_json else out).status("solving the selection (HiGHS)"):  # stdout: only the JSON
+        res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap, allow_no_image=allow_no_image)
+    if as_json:
+        sys.stdout.write(json.dumps(balance_summary(res, workdir), ensure_ascii=False) + "\n")
+    else:
+        print_balance(res, workdir, out)
 
 
 def print_balance(res, workdir, console: Console) -> None:
@@ -71,6 +83,20 @@ def print_balance(res, workdir, console: Console) -> None:
     if res.shortfall.height:
         console.print(_shortfall(res.shortfall))
     console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {workdir}/balanced.parquet", highlight=False)
+
+
+def balance_summary(res, workdir) -> dict:
+    """``balance --json``: what print_balance shows, as one object (shortfall rows: dimension null = capability total)."""
+    counts = res.selected.group_by("category", "l2_category", maintain_order=True).len()
+    return {
+        "selected": res.selected.height,
+        "input_stage": res.input_stage,
+        "output": f"{workdir}/balanced.parquet",
+        "suggested": bool(res.suggested),
+        "by_dimension": [{"category": c, "l2_category": d, "items": n} for c, d, n in counts.iter_rows()],
+        "shortfall": res.shortfall.to_dicts(),
+        "warnings": list(res.warnings),
+    }
 
 
 def _counts(df) -> Table:
@@ -98,11 +124,46 @@ def export_cmd(
     stage: Annotated[Optional[str], typer.Option(help="Stage to export: balanced, reviewed, screened, items (default: newest).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export folder.")] = False,
     license: Annotated[Optional[str], typer.Option("--license", help="Licence field of the dataset card (default: other).")] = None,
+    license_name: Annotated[Optional[str], typer.Option("--license-name", help="Card's license_name when the licence is 'other' (default: source-benchmark-terms).")] = None,
+    license_link: Annotated[Optional[str], typer.Option("--license-link", help="Card's license_link: a URL or a file in the export (default: a LICENSE.md listing the sources).")] = None,
+    profile: Annotated[str, typer.Option("--profile", help="default (every column) | mmstar (MMStar's Hub layout, for lmms-eval's mmstar task; hf/parquet only).")] = "default",
+    multi_image: Annotated[str, typer.Option("--multi-image", help="mmstar profile, items with several images: refuse | first (keep the first) | concat (tile side by side).")] = "refuse",
+    allow_no_image: Annotated[bool, typer.Option("--allow-no-image", help="Export items without an image (a text-only set).")] = False,
+    allow_uncategorized: Annotated[bool, typer.Option("--allow-uncategorized", help="TSV: write items without category / l2-category as 'uncategorized'.")] = False,
+    ignore_check: Annotated[bool, typer.Option("--ignore-check", help="Export even when the release check (mmcurate check) finds errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object {written, path, format, profile, items, problems, ...}.")] = False,
 ) -> None:
-    """Export a stage as a Hugging Face dataset, parquet, a VLMEvalKit TSV or JSONL, images embedded."""
-    from curate.export import export_workspace
+    """Export a stage as a Hugging Face dataset, parquet, a VLMEvalKit TSV or JSONL, images embedded.
 
-    with out.status(f"exporting ({fmt})"):
-        stage_used, path = export_workspace(workdir, to, fmt=fmt, stage=stage, overwrite=overwrite,
-                                            card_info={"license": license} if license else None)
-    out.print(f"{stage_used}.parquet -> {path} ({fmt}, dataset card in {path}/README.md)", highlight=False)
+    The release check runs first: a set with errors is not written unless --ignore-check.
+    """
+    import json
+    import sys
+
+    from curate.check import CheckResult
+    from curate.cli_check import print_check
+    from rich.markup import escape
+
+    from curate.export import ExportRefused, export_release
+
+    card = {k: v for k, v in (("license", license), ("license_name", license_name), ("license_link", license_link)) if v}
+    try:
+        with out.status(f"checking and exporting ({fmt}, profile {profile})"):
+            res = export_release(workdir, to, fmt=fmt, profile=profile, stage=stage, overwrite=overwrite, card_info=card,
+                                 multi_image=multi_image, allow_no_image=allow_no_image,
+                                 allow_uncategorized=allow_uncategorized, ignore_check=ignore_check)
+    except ExportRefused as exc:  # the summary or the problem table, then the one error line (exit 2)
+        if as_json:
+            sys.stdout.write(json.dumps(exc.result.as_dict(), ensure_ascii=False) + "\n")
+        else:
+            print_check(CheckResult(f"{workdir}/{exc.result.stage}.parquet", exc.result.items, list(exc.result.problems)))
+        raise
+    if as_json:
+        sys.stdout.write(json.dumps(res.as_dict(), ensure_ascii=False) + "\n")
+        return
+    for p in res.problems:
+        label = "[yellow]warning:[/]" if p.severity == "warning" else "[red]ignored error (--ignore-check):[/]"
+        out.print(f"{label} {p.code}: {escape(p.message)}", highlight=False, soft_wrap=True)
+    out.print(f"multi-image items: {escape(res.notes[0])}", highlight=False)
+    out.print(f"{res.stage}.parquet -> {res.path} ({fmt}, profile {profile}, {res.items} items, dataset card in "
+              f"{res.path}/README.md)", highlight=False)

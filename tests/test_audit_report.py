@@ -73,7 +73,9 @@ def screened_like(shared_data: Path) -> pl.DataFrame:
         malformed_flag=idx % 31 == 0, malformed_score=pl.lit(0.0),
         malformed_reason=pl.when(idx % 31 == 0).then(pl.lit("duplicated distractor")), malformed_drop=pl.lit(False),
     ).with_columns(rule_drop=pl.col("answer_leak_flag"), rule_reason=pl.when(pl.col("answer_leak_flag")).then(pl.lit("answer_leak: leaked")))
-    return t.drop("prediction")
+    # Each row is its own question here (their images told them apart): the shares below count
+    # rows. tests/test_groups.py checks that copies of one question count once.
+    return t.drop("prediction").with_columns(group_id=pl.col("item_id"), group_reason=pl.lit(None, pl.String))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ near-duplicates, shortfall table, determinism, replacement, workspace + CLI beha
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import warnings
@@ -36,7 +37,10 @@ def synth(n: int, *, seed: int = 0, sources: int = 4, dims: list[str] | None = N
         "question": [f"question {i}?" for i in range(n)],
         "options": [["yes", "no"]] * n,
         "answer": ["A"] * n,
-        "images": [[]] * n,
+        # one distinct picture each (no bytes needed here): items without an image are never selected
+        "images": [[{"bytes": None, "path": f"synthetic/{i}.png", "width": 8, "height": 8,
+                     "sha256": hashlib.sha256(f"syn:{i}".encode()).hexdigest()}] for i in range(n)],
+        "n_images": [1] * n,
         "suggested_l2_category": list(rng.choice(dims, n)),
         "suggested_prob": list(rng.random(n)),
     }
@@ -213,7 +217,7 @@ def test_real_seed_bench_pool_with_suggested_dimensions(shared_data):
     assert pool.height > 2000
     # SEED-Bench covers 4 capabilities (logical reasoning only through its ~2% "Visual Reasoning").
     shares = {"coarse perception": 100, "fine-grained perception": 100, "instance reasoning": 100, "logical reasoning": 10}
-    sel, shortfall = balance(pool, per_capability=shares, seed=0, source_cap=None)
+    sel, shortfall = balance(pool, per_capability=shares, seed=0, source_cap=None, allow_no_image=True)  # a text pool
     assert per(sel, "category") == shares
     fine = per(sel.filter(pl.col("category") == "fine-grained perception"), "l2_category")
     assert sorted(fine.values()) == [33, 33, 34]

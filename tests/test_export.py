@@ -18,22 +18,14 @@ import yaml
 from curate.errors import UserError
 from curate.export import export, export_workspace
 from curate.workspace import Workspace
+from tests.export_fixture import real_items, releasable
 
 
 @pytest.fixture(scope="module")
-def items(shared_data, tmp_path_factory) -> pl.DataFrame:
-    """Real items: MMBench samples (hints, Chinese text), AI2D, and MMMU rows with 2 and 4 images."""
-    from curate import ingest
-
-    v = shared_data / "vlmevalkit"
-    mmb = ingest(v / "MMBench_samples.tsv")
-    ai2d = ingest(v / "AI2D_TEST_sub309.tsv").head(30)
-    mmmu = ingest(v / "MMMU_DEV.tsv")
-    mmmu = pl.concat([mmmu.filter(pl.col("n_images") > 1), mmmu.filter(pl.col("n_images") == 1).head(6)])
-    df = pl.concat([mmb, ai2d, mmmu], how="vertical")
-    assert df["n_images"].max() == 4
-    return df.with_columns(pl.Series("difficulty", ["easy", "moderate", "hard", "tough"] * (df.height // 4)
-                                     + ["easy"] * (df.height % 4)))
+def items(shared_data) -> pl.DataFrame:
+    """Real items that pass the release check: MMBench samples (hints, Chinese text), AI2D, and
+    MMMU rows with 2 and 4 images; one item per translation group, every item with a dimension."""
+    return releasable(real_items(shared_data))
 
 
 def _key(df: pl.DataFrame) -> list[dict]:
@@ -110,7 +102,10 @@ def test_dataset_card_yaml_and_counts(items, tmp_path):
     feats = {f["name"]: f for f in head["dataset_info"]["features"]}
     assert feats["images"] == {"name": "images", "list": "image"}
     assert feats["answer"]["dtype"]["class_label"]["names"]["0"] == "A"
-    assert head["dataset_info"]["splits"] == [{"name": "test", "num_examples": items.height}]
+    # num_bytes too: without it load_dataset(folder) logs that the YAML is malformed and ignores it.
+    split_info = head["dataset_info"]["splits"]
+    assert [(s["name"], s["num_examples"]) for s in split_info] == [("test", items.height)] and split_info[0]["num_bytes"] > 0
+    assert head["dataset_info"]["download_size"] == sum(f.stat().st_size for f in (out / "data").glob("*.parquet"))
     n_ai2d = items.filter(pl.col("source") == "AI2D_TEST_sub309").height
     assert f"| AI2D_TEST_sub309 | {n_ai2d} |" in text
     n_easy = items.filter(pl.col("difficulty") == "easy").height
@@ -133,7 +128,7 @@ def test_tsv_is_vlmevalkit_mcq_and_round_trips_through_ingest(items, tmp_path):
     assert first.startswith('"index"\t"question"\t"hint"\t"A"\t"B"')  # every field quoted, tab separated
     # What VLMEvalKit's loader does: pandas read, images base64 or a list literal with image_path.
     data = pd.read_csv(tsv, sep="\t")
-    assert {"index", "question", "answer", "image", "category", "l2_category"} <= set(data.columns)
+    assert {"index", "question", "answer", "image", "category", "l2-category"} <= set(data.columns)
     assert data["index"].is_unique and data["answer"].isin(list("ABCDEFGHI")).all()
     for cell, paths in zip(data["image"], data["image_path"]):
         if cell.startswith("[") and cell.endswith("]"):
@@ -173,7 +168,7 @@ def test_existing_export_dir_needs_overwrite_and_errors_leave_it_untouched(items
         pl.element().struct.with_fields(pl.when(pl.int_range(pl.len()) == 0).then(None)
                                         .otherwise(pl.element().struct.field("bytes")).alias("bytes"))))
     with pytest.raises(UserError, match="no embedded bytes"):
-        export(broken, dest, fmt="tsv", overwrite=True)
+        export(broken, dest, fmt="tsv", overwrite=True, allow_no_image=True)
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     export(items.head(7), dest, fmt="tsv", overwrite=True)

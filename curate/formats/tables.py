@@ -2,10 +2,16 @@
 
 Parquet and Arrow are read in record batches so memory stays flat; an ``Image`` feature
 arrives as a ``{bytes, path}`` struct (decoding is ours, in ``curate.images``).
+
+A Hugging Face ``ClassLabel`` column (answer, category, l2_category in many Hub sets and in
+our own ``hf`` export) stores integer ids; the names live in the features (``state.json``
+for ``save_to_disk``, the ``huggingface`` schema metadata for parquet written by datasets).
+Both readers turn the ids back into their names, else a category comes back as "3".
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,43 @@ def _image_refs(value: Any, field: str) -> list[ImageRef]:
     if isinstance(value, str) and value.strip():
         return [ImageRef("b64", value.strip(), field)]
     return []
+
+
+def _label_names(features: dict[str, Any]) -> dict[str, list[str]]:
+    """Column -> names of its top-level ``ClassLabel`` feature (features as ``Features.to_dict()``).
+
+    Identity labels (names "0".."n-1") are left out: the id is then the value itself, and
+    ingest reads an integer answer as a 0-based option index -- a text "2" would be ambiguous.
+    """
+    out = {}
+    for name, feat in features.items():
+        if isinstance(feat, dict) and feat.get("_type") == "ClassLabel" and feat.get("names"):
+            names = [str(n) for n in feat["names"]]
+            if names != [str(i) for i in range(len(names))]:
+                out[name] = names
+    return out
+
+
+def _decode_labels(rec: dict, labels: dict[str, list[str]]) -> dict:
+    """ClassLabel ids -> names in place (-1, None or an id out of range -> None)."""
+    for col, names in labels.items():
+        v = rec.get(col)
+        if isinstance(v, int) and not isinstance(v, bool):
+            rec[col] = names[v] if 0 <= v < len(names) else None
+    return rec
+
+
+def _parquet_labels(schema) -> dict[str, list[str]]:
+    """ClassLabel names from the ``huggingface`` metadata that datasets writes into a parquet schema."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return {}
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return {}
+    feats = (info.get("info") or {}).get("features") if isinstance(info, dict) else None
+    return _label_names(feats) if isinstance(feats, dict) else {}
 
 
 def _source_row(row_no: int, rec: dict, image_col: str | None) -> SourceRow:
@@ -84,11 +127,13 @@ def read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
         except Exception as exc:
             raise UserError(f"{file}: not a readable parquet file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         image_col = _pick_image_column(pf.schema_arrow.names, opts)
+        labels = _parquet_labels(pf.schema_arrow)
         split = _split_from_name(file) if path.is_dir() else None
         try:
             for batch in pf.iter_batches(batch_size=BATCH_ROWS):
                 for rec in batch.to_pylist():
                     row_no += 1
+                    _decode_labels(rec, labels)
                     if split and "split" not in rec:
                         rec["split"] = split
                     yield _source_row(row_no, rec, image_col)
@@ -115,6 +160,7 @@ def read_hf_disk(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
     row_no = 0
     for split, ds in splits:
         image_col = _pick_image_column(ds.column_names, opts)
+        labels = _label_names(ds.features.to_dict())
         for name, feature in ds.features.items():  # keep undecoded bytes: we validate them ourselves
             if isinstance(feature, datasets.Image):
                 ds = ds.cast_column(name, datasets.Image(decode=False))
@@ -124,6 +170,7 @@ def read_hf_disk(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
         for start in range(0, len(ds), BATCH_ROWS):
             for rec in arrow[start : start + BATCH_ROWS].to_pylist():
                 row_no += 1
+                _decode_labels(rec, labels)
                 if split and "split" not in rec:
                     rec["split"] = split
                 yield _source_row(row_no, rec, image_col)
