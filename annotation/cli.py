@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from curate.console import log_console
 
 review_app = typer.Typer(name="review", help="Human review in Label Studio: serve, push, status, pull.", no_args_is_help=True)
-console = Console()
+console = log_console()
 
 WorkdirArg = typer.Argument(..., help="Workspace folder (items.parquet / screened.parquet).")
 UrlOpt = typer.Option(None, "--url", help="Label Studio URL (default: the server `review serve` started, else http://127.0.0.1:8080). Token: LABEL_STUDIO_API_KEY or the workspace secret.")

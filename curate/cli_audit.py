@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from curate.console import log_console
 
 from curate.errors import UserError
 
-out = Console()
-err = Console(stderr=True)
+out = log_console()
+err = log_console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +53,10 @@ def audit_cmd(
         smp = summary["sample"]
         out.print(f"a random sample of {smp['n']:,} of {smp['of']:,} items (stratified by source, seed {smp['seed']})")
     b = summary["blind"]
-    out.print(f"[bold]{b['k']} of {b['n']} items blind-answerable: {_pct(b['share'])}[/] (95 % CI {_pct(b['ci95'][0]) if b['ci95'] else '–'}–{_pct(b['ci95'][1]) if b['ci95'] else '–'}; a guessing panel: {_pct(b.get('chance_blind'))})")
+    copies = summary.get("n_questions", summary["n_items"]) != summary["n_items"]
+    if copies:
+        out.print(f"{summary['n_items']:,} items hold {summary['n_questions']:,} distinct questions: copies of one question count once")
+    out.print(f"[bold]{b['k']} of {b['n']} {'questions' if copies else 'items'} blind-answerable: {_pct(b['share'])}[/] (95 % CI {_pct(b['ci95'][0]) if b['ci95'] else '–'}–{_pct(b['ci95'][1]) if b['ci95'] else '–'}; a guessing panel: {_pct(b.get('chance_blind'))})")
     table = Table(title="per source")
     for col in ("source", "items", "blind", "share", "chance"):
         table.add_column(col, justify="left" if col == "source" else "right")

@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from curate.console import log_console
 
-out = Console()
+out = log_console()
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +66,7 @@ def balance_cmd(
         else:
             out.print(f"replaced {rep.removed} with {rep.added} in {workdir}/balanced.parquet", highlight=False)
         return
-    with (Console(stderr=True) if as_json else out).status("solving the selection (HiGHS)"):  # stdout: only the JSON
+    with (log_console(stderr=True) if as_json else out).status("solving the selection (HiGHS)"):  # stdout: only the JSON
         res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap, allow_no_image=allow_no_image)
     if as_json:
         sys.stdout.write(json.dumps(balance_summary(res, workdir), ensure_ascii=False) + "\n")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from curate.console import log_console
 
 from curate.assets import asset_path
 from curate.errors import UserError
@@ -112,7 +113,7 @@ def _fresh(ws, stage: str, upstream: str) -> bool:
 
 def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None = None, console: Console | None = None) -> None:
     """Run the stages in order; each one is skipped when its output is already up to date."""
-    console = console or Console()
+    console = console or log_console()
     if until is not None and until not in STAGES:
         raise UserError(f"--until {until!r}: expected one of {', '.join(STAGES)}")
     if fresh and cfg.workdir.exists():

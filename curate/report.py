@@ -277,6 +277,8 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{_e(title)}</h1>",
         f"<div class=muted>{summary['n_items']} items from {len(summary.get('sources', []))} source(s)"
+        + (f" ({summary['n_questions']} distinct questions: copies of one question count once)"
+           if summary.get("n_questions", summary["n_items"]) != summary["n_items"] else "")
         + (f" (a random sample of {summary['sample']['n']} of {summary['sample']['of']}, stratified by source, seed {summary['sample']['seed']})" if summary.get("sample") else "")
         + " · panel "
         f"{_e(panel.get('name') or '')} {('(' + _e(panel.get('hash')) + ')') if panel.get('hash') else ''} · "

@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
+from curate.console import log_console
+
 
 def print_summary(report, df, console=None) -> None:
     """The member table (competence, bias, hit rate vs chance) and the kept/dropped counts."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(stderr=True)
+    console = console or log_console(stderr=True)
     table = Table(title=f"panel {report.panel} ({report.panel_hash}), blind when hits > {report.threshold}")
     for col in ("member", "backend", "method", "controls acc [95% CI]", "at chance", "letter bias", "hit rate", "chance (uniform / biased)"):
         table.add_column(col)
