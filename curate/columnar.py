@@ -18,7 +18,16 @@ import json
 
 import polars as pl
 
-from curate.normalize import FIELD_ALIASES, NA_TEXTS, SOURCE_CATEGORY_ALIASES, SOURCE_L2_ALIASES, NormalizeOptions, _dimension_lookup
+from curate.normalize import (
+    FIELD_ALIASES,
+    MAX_TEXT_CHARS,
+    NA_TEXTS,
+    SOURCE_CATEGORY_ALIASES,
+    SOURCE_L2_ALIASES,
+    NormalizeOptions,
+    _dimension_lookup,
+    _extra_letters,
+)
 from curate.schema import ITEM_SCHEMA, LETTERS, MAX_OPTIONS, MIN_OPTIONS
 
 #: Exactly the characters Python's ``str.isspace()`` accepts, so ``strip_chars`` strips as ``str.strip()`` does.
@@ -27,6 +36,10 @@ PY_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(ch
 _ASCII_WS_RUN = r"[\t\n\x0b\x0c\r\x1c-\x1f ]+"
 #: Control characters ``json.dumps`` would write as ``\uXXXX`` / ``\b`` / ``\f``: such rows take the row path.
 _JSON_HARD = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+#: A question with one of these is visibly not empty (``normalize._invisible`` is False) in every
+#: Unicode version (letters assigned since Unicode 1.1, no unassigned gaps): ASCII graphics, Latin-1
+#: and Latin Extended-A, basic Greek and Cyrillic, kana, CJK, Hangul. Other questions take the row path.
+_SURELY_VISIBLE = r"[!-~\u00c0-\u017f\u0391-\u03a1\u03a3-\u03a9\u03b1-\u03c9\u0410-\u044f\u3041-\u3096\u30a1-\u30fa\u4e00-\u9fa5\uac00-\ud7a3]"
 #: Columns that make a table unfit for this path (images, list-valued options, MathVista metadata).
 _IMAGE_COLUMNS = ("image", "images", "decoded_image")
 
@@ -98,13 +111,18 @@ def normalize_frame(df: pl.DataFrame, opts: NormalizeOptions) -> tuple[pl.DataFr
     ascii_options = pl.all_horizontal([pl.col(f"__opt_{L}").is_null() | pl.col(f"__opt_{L}").str.contains(r"^[\x00-\x7f]*$") for L in letters])
     json_safe = ~pl.any_horizontal([pl.col(c).str.contains(_JSON_HARD).fill_null(False) for c in cols])
     # "nan" padding (MMStar) is the row path's business: it removes or restores it
+    # option columns past J (K, L, ...): the row path quarantines a filled one as too_many_options
+    extra = [c for c in _extra_columns(present)]
+    no_extra = ~pl.any_horizontal([_clean(c).is_not_null() for c in extra]) if extra else pl.lit(True)
+    hint_len = _first_text(aliases["hint"]).str.len_chars().fill_null(0)
+    opt_len = pl.sum_horizontal([pl.col(f"__opt_{L}").str.len_chars().fill_null(0) for L in letters])
     no_na_text = ~pl.any_horizontal([pl.col(f"__opt_{L}").is_in(list(NA_TEXTS)).fill_null(False) for L in letters])
 
     work = df.with_row_index("__i").with_columns(
         *opt,
         _first_text(aliases["question"]).alias("__q"),
         _first_text(aliases["answer"]).alias("__a"),
-    ).with_columns(options.alias("__options"), normed.alias("__normed"), ascii_options.alias("__ascii"), contiguous.alias("__contig"), json_safe.alias("__json"), no_na_text.alias("__no_na"))
+    ).with_columns(options.alias("__options"), normed.alias("__normed"), ascii_options.alias("__ascii"), contiguous.alias("__contig"), json_safe.alias("__json"), no_na_text.alias("__no_na"), no_extra.alias("__no_extra"), (hint_len + opt_len).alias("__other_len"))
     n = pl.col("__options").list.len()
     answer = pl.col("__a").str.to_uppercase()
     answer_idx = answer.replace_strict({L: i for i, L in enumerate(LETTERS)}, default=None, return_dtype=pl.Int64)
@@ -118,6 +136,9 @@ def normalize_frame(df: pl.DataFrame, opts: NormalizeOptions) -> tuple[pl.DataFr
         & (answer_idx < n).fill_null(False)
         & pl.col("__json")
         & pl.col("__no_na")
+        & pl.col("__no_extra")
+        & pl.col("__q").str.contains(_SURELY_VISIBLE).fill_null(False)
+        & ((pl.col("__q").str.len_chars() + pl.col("__other_len")) <= MAX_TEXT_CHARS).fill_null(False)
     )
     work = work.with_columns(ok.alias("__ok"))
     slow = ~work["__ok"]
@@ -144,6 +165,11 @@ def normalize_frame(df: pl.DataFrame, opts: NormalizeOptions) -> tuple[pl.DataFr
     )
     fast = _with_dimensions(fast, opts)
     return fast.select([pl.col(c).cast(t) for c, t in ITEM_SCHEMA.items()]), slow
+
+
+def _extra_columns(present: set[str]) -> list[str]:
+    """Option columns K, L, ... continuing a present J (the row path's own rule)."""
+    return list(_extra_letters(present))
 
 
 def _with_dimensions(items: pl.DataFrame, opts: NormalizeOptions) -> pl.DataFrame:

@@ -15,7 +15,7 @@ import io
 import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from curate.errors import RowError
 
@@ -58,9 +58,10 @@ def image_struct(data: bytes, *, path: str | None, field: str, max_pixels: int =
                         f"field {field!r}: image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}",
                     )
                 img.verify()
+            _decode_fully(data)
     except RowError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RowError("bad_image", field, f"field {field!r}: Pillow cannot open the image ({type(exc).__name__}: {exc})") from exc
     return {
         "bytes": data,
@@ -71,12 +72,34 @@ def image_struct(data: bytes, *, path: str | None, field: str, max_pixels: int =
     }
 
 
-def image_from_file(path: Path, *, root: Path, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def _decode_fully(data: bytes) -> None:
+    """Decode every pixel: ``verify`` reads headers and checksums only, so a truncated JPEG or a PNG
+    whose IDAT does not inflate passed ingest and then stopped ``screen`` for the whole workspace.
+    Truncated data must fail here, whatever another module set ``LOAD_TRUNCATED_IMAGES`` to."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def image_from_file(path: Path | str, *, root: Path | None, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Read an image file that must lie inside ``root`` (paths escaping it are refused)."""
-    root = root.resolve()
-    full = (root / path).resolve()
-    if not full.is_relative_to(root):
-        raise RowError("image_path_outside_root", field, f"field {field!r}: image path {str(path)!r} escapes the image folder {root}")
-    if not full.is_file():
-        raise RowError("image_missing", field, f"field {field!r}: image file {full} does not exist")
-    return image_struct(full.read_bytes(), path=str(full), field=field, max_pixels=max_pixels)
+    text = str(path)
+    if "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text):
+        raise RowError("bad_image_path", field, f"field {field!r}: image path {text[:80]!r} holds a NUL byte or text that is not UTF-8")
+    if root is None:
+        raise RowError("image_missing", field, f"field {field!r}: image path {text[:80]!r} has no folder to be read from")
+    try:
+        root = root.resolve()
+        full = (root / path).resolve()
+        if not full.is_relative_to(root):
+            raise RowError("image_path_outside_root", field, f"field {field!r}: image path {text[:80]!r} escapes the image folder {root}")
+        if not full.is_file():
+            raise RowError("image_missing", field, f"field {field!r}: image file {full} does not exist")
+        data = full.read_bytes()
+    except OSError as exc:  # a name too long, a folder that cannot be read, ...
+        raise RowError("bad_image_path", field, f"field {field!r}: image path {text[:80]!r} cannot be read ({exc.strerror or type(exc).__name__})") from exc
+    return image_struct(data, path=str(full), field=field, max_pixels=max_pixels)

@@ -15,12 +15,18 @@ import json
 import math
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from curate.errors import RowError
-from curate.formats import ImageRef, SourceRow
-from curate.images import DEFAULT_MAX_PIXELS, decode_base64, image_from_file, image_struct
+from curate.formats import ImageRef, SourceRow, storable_name
+from curate.images import (
+    DEFAULT_MAX_PIXELS,
+    decode_base64,
+    image_from_file,
+    image_struct,
+)
 from curate.schema import LETTERS, MAX_OPTIONS, MIN_OPTIONS
 from curate.taxonomy import Taxonomy
 
@@ -56,6 +62,17 @@ NA_TEXTS = frozenset({"nan", "NaN"})
 #: Shifting the letters would change the key; dropping the row would lose a real item. A restored
 #: row is kept with ledger reason ``restored_none_option`` naming the letters, so it is never silent.
 RESTORED_NA_TEXT = "None"
+#: Most characters of question + hint + options an item may have (``text_too_long`` above it).
+#: Why 16,000: about 4,000-5,000 tokens of English (3.5-4 characters a token), which with the
+#: image tokens and the answer still fits an 8,192-token panel context, and is five times the
+#: longest real item in ../shared/data (MMMU dev: 3,079; ScienceQA with its hint: 2,209). A
+#: cell past it is a paste error or an attack (a 193 KB question made ``screen`` ask torch for
+#: 32 GB); no panel model should ever be sent more. Checked at ingest, not truncated, so what
+#: is screened is exactly what the source says. This is the ingest-wide ceiling; a panel member
+#: with a smaller context (llama.cpp's default ``n_ctx`` is 2,048) still checks its own prompt.
+MAX_TEXT_CHARS = 16_000
+#: Option columns past J: a table that goes on to K has an 11th option we cannot hold.
+EXTRA_LETTERS = "KLMNOPQRSTUVWXYZ"
 #: Key of an item dict carrying (reason, field, detail) for the ledger of a *kept* row; ingest pops it.
 NOTE_KEY = "_ledger_note"
 
@@ -112,6 +129,7 @@ class ColumnPlan:
     mapped: dict[str, str]
     aliases: dict[str, tuple[str, ...]]  # canonical -> present alias columns, in preference order
     letters: tuple[str, ...]  # option columns A..J present in the row
+    extra_letters: tuple[str, ...]  # option columns K, L, ... following a present J
     source_category: tuple[str, ...]
     source_l2: tuple[str, ...]
 
@@ -131,11 +149,25 @@ def _plan(data: dict, opts: NormalizeOptions) -> ColumnPlan:
             mapped=dict(opts.column_map),
             aliases={k: tuple(c for c in cols if c in present) for k, cols in FIELD_ALIASES.items()},
             letters=tuple(L for L in LETTERS if L in present),
+            extra_letters=_extra_letters(present),
             source_category=tuple(c for c in SOURCE_CATEGORY_ALIASES if c in present),
             source_l2=tuple(c for c in SOURCE_L2_ALIASES if c in present),
         )
         opts._plans[keys] = plan
     return plan
+
+
+def _extra_letters(present: set[str]) -> tuple[str, ...]:
+    """Columns K, L, ... that continue A..J (only when J itself is a column: a lone "K" column
+    in a table with options A-D is something else)."""
+    if "J" not in present:
+        return ()
+    out = []
+    for L in EXTRA_LETTERS:
+        if L not in present:
+            break
+        out.append(L)
+    return tuple(out)
 
 
 def _get(data: dict, canonical: str, plan: ColumnPlan) -> tuple[str | None, Any]:
@@ -150,13 +182,33 @@ def _get(data: dict, canonical: str, plan: ColumnPlan) -> tuple[str | None, Any]
     return None, None
 
 
-_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+#: Bytes that were not UTF-8 (surrogateescape), or a lone surrogate from a JSON ``\\udXXX`` escape:
+#: neither can be written as UTF-8, so such a row must stop here, not crash the parquet writer.
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 def _check_text(value: str, field: str) -> str:
     # ASCII text cannot hold surrogates: skip the regex for the common case.
     if not value.isascii() and _UNDECODABLE.search(value):
         raise RowError("bad_encoding", field, f"field {field!r} is not valid UTF-8 text")
+    if "\x00" in value:  # binary data pasted into a cell; C-string consumers would cut the text there
+        raise RowError("bad_encoding", field, f"field {field!r} holds a NUL byte: binary data, not text")
+    return value
+
+
+def _invisible(text: str) -> bool:
+    """Whether ``text`` shows nothing: only format (zero-width space, BOM, bidi marks), control and
+    separator characters. ``str.isprintable`` answers the common case without a per-character loop."""
+    if text.isprintable() and not text.isspace():
+        return False
+    return all(unicodedata.category(ch)[0] in "CZ" for ch in text)
+
+
+def _scalar(value: Any, field: str, reason: str) -> Any:
+    """A cell that must be one value: a list or struct (parquet/JSON) printed as "[1]" would be a
+    silently invented text, so it is quarantined instead."""
+    if isinstance(value, (list, tuple, dict, bytes, bytearray)):
+        raise RowError(reason, field, f"field {field!r} must be a single text value, got {type(value).__name__}")
     return value
 
 
@@ -179,9 +231,12 @@ def _options(data: dict, plan: ColumnPlan, question: str) -> tuple[list[Any], st
             value = [value[k] for k in sorted(value)]
         if not isinstance(value, (list, tuple)):
             raise RowError("bad_options", col, f"field {col!r} must be a list of options, got {type(value).__name__}")
-        return [None if _is_na(v) else _check_text(_text(v), col) for v in value], question, col
+        return [None if _is_na(v) else _check_text(_text(_scalar(v, col, "bad_options")), col) for v in value], question, col
     if plan.letters:
-        cells = [None if _is_na(data[L]) else _check_text(_text(data[L]), L) for L in plan.letters]
+        cells = [None if _is_na(data[L]) else _check_text(_text(_scalar(data[L], L, "bad_options")), L) for L in plan.letters]
+        extra = next((L for L in plan.extra_letters if not _is_na(data[L])), None)
+        if extra is not None:
+            raise RowError("too_many_options", extra, f"option column {extra!r} is filled: more than {MAX_OPTIONS} options (A-J) cannot be held")
         if any(c is not None for c in cells):
             if list(plan.letters) != list(LETTERS[: len(plan.letters)]):
                 raise RowError("options_not_contiguous", plan.letters[-1], f"option columns {list(plan.letters)} are not contiguous from A (a gap would shift letters)")
@@ -356,13 +411,15 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
     qcol, question = _get(data, "question", plan)
     if qcol is None and "question" in opts.column_map:
         raise RowError("missing_field", opts.column_map["question"], f"column {opts.column_map['question']!r} (mapped to question) is missing")
-    question = _text(question)
-    if question is None:
-        raise RowError("empty_question", qcol or "question", "the question is empty")
+    question = _text(_scalar(question, qcol or "question", "bad_field_type"))
+    if question is None or _invisible(question):
+        raise RowError("empty_question", qcol or "question", "the question is empty" if question is None else "the question holds only invisible characters (e.g. a zero-width space)")
     question = _check_text(question, qcol or "question")
 
     icol, index = _get(data, "index", plan)
-    orig_index = _text(index) or str(src.row)
+    orig_index = _text(_scalar(index, icol or "index", "bad_field_type")) or str(src.row)
+    if orig_index != str(src.row):
+        _check_text(orig_index, icol or "index")
     item_id = f"{opts.source}:{orig_index}"
 
     cells, question, ocol = _options(data, plan, question)
@@ -380,23 +437,24 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
             raise RowError("too_few_options", ocol, f"only {len(options)} option(s); a multiple-choice item needs at least {MIN_OPTIONS}")
         if len(options) > MAX_OPTIONS:
             raise RowError("too_many_options", ocol, f"{len(options)} options; at most {MAX_OPTIONS} are supported")
-        if "" in options:  # every option is text by now
-            raise RowError("empty_option", ocol, "an option is empty")
+        if "" in options or any(_invisible(o) for o in options):  # every option is text by now
+            raise RowError("empty_option", ocol, "an option is empty or holds only invisible characters")
         normed = [" ".join(o.split()) for o in options]  # case matters: genotypes "XAXa" vs "XAXA"
         if len(set(normed)) != len(normed):
             # Kept, with its reason in the ledger: a published item (MMStar has 7) is still an item of
             # the source; the ``malformed`` rule filter decides at screening whether it can be scored.
             dup = next(o for o, n in zip(options, normed) if normed.count(n) > 1)
             notes.append(("duplicate_options", ocol, f"options repeat the same text ({dup[:40]!r})"))
-        letter = _answer_letter(answer, options, acol, text_first=ocol in FIELD_ALIASES["options"])
+        letter = _answer_letter(_scalar(answer, acol, "bad_field_type"), options, acol, text_first=ocol in FIELD_ALIASES["options"])
 
     images = _decode_images(src.images, opts)
     if src.has_image_column and not images and "_image_unavailable" not in data:
         raise Dropped("no_image", "the image cell is empty (VLMEvalKit skips such rows too)")
 
-    _, hint = _get(data, "hint", plan)
-    hint = _text(hint)
+    hcol, hint = _get(data, "hint", plan)
+    hint = _text(_scalar(hint, hcol or "hint", "bad_field_type"))
     hint = _check_text(hint, "hint") if hint else None
+    _check_length(question, hint, options, qcol or "question", ocol)
     _, split = _get(data, "split", plan)
     source_category = _first(data, plan, "source_category", plan.source_category)
     source_l2 = _first(data, plan, "source_l2_category", plan.source_l2)
@@ -413,7 +471,7 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
         "source_file": opts.source_file,
         "row": src.row,
         "orig_index": orig_index,
-        "split": _text(split),
+        "split": _text(_scalar(split, "split", "bad_field_type")),
         "question": question,
         "hint": hint,
         "options": options,
@@ -425,8 +483,34 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
         "l2_category": l2,
         "source_category": source_category,
         "source_l2_category": source_l2,
-        "meta": _meta(data),
+        "meta": _checked_meta(data),
     } | ({NOTE_KEY: _joined(notes)} if notes else {})
+
+
+def _check_length(question: str, hint: str | None, options: list[str], qcol: str, ocol: str) -> None:
+    """Quarantine an item whose prompt text is over ``MAX_TEXT_CHARS`` (see there for the number),
+    naming the field that holds most of it."""
+    parts = [(len(question), qcol), (len(hint or ""), "hint"), (sum(len(o) for o in options), ocol)]
+    total = sum(n for n, _ in parts)
+    if total > MAX_TEXT_CHARS:
+        field = max(parts, key=lambda p: p[0])[1]
+        raise RowError("text_too_long", field, f"question + hint + options are {total:,} characters, over the limit of {MAX_TEXT_CHARS:,} (no panel model context should see more)")
+
+
+def _checked_meta(data: dict) -> str:
+    """``_meta``, refusing what cannot be stored: text that is not UTF-8 in any field (a category
+    byte would crash the parquet writer) and structures nested too deep to encode."""
+    try:
+        meta = _meta(data)
+    except RecursionError:
+        raise RowError("too_deeply_nested", None, "the row nests lists/objects too deeply to store") from None
+    except (TypeError, ValueError) as exc:
+        raise RowError("bad_field_type", None, f"the row cannot be stored as JSON ({exc})") from None
+    if not meta.isascii() and _UNDECODABLE.search(meta):
+        field = next((k for k, v in data.items() if _UNDECODABLE.search(k) or (isinstance(v, str) and _UNDECODABLE.search(v))), None)
+        field = storable_name(field) if field is not None else None
+        raise RowError("bad_encoding", field, f"field {field!r} is not valid UTF-8 text" if field else "a field is not valid UTF-8 text")
+    return meta
 
 
 def _joined(notes: list[tuple[str, str | None, str]]) -> tuple[str, str | None, str]:
@@ -440,7 +524,7 @@ def _first(data: dict, plan: ColumnPlan, canonical: str, aliases: tuple[str, ...
     if col is not None:
         return _text(data.get(col))
     for col in aliases:
-        if not _blank(data[col]) and not isinstance(data[col], (dict, list)):
+        if not _blank(data[col]) and not isinstance(data[col], (dict, list, tuple, bytes, bytearray)):
             return _text(data[col])
     return None
 

@@ -51,6 +51,12 @@ class ReadOptions:
 Reader = Callable[[Path, ReadOptions], Iterator[SourceRow]]
 
 
+def storable_name(name: str) -> str:
+    """A column name as the ledger can store it: bytes that were not UTF-8 (or a lone surrogate
+    from a JSON escape) written as ``\\udcXX`` instead of crashing the parquet writer."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8") if not name.isascii() else name
+
+
 def detect_format(path: Path) -> str:
     """Name the format of ``path`` from its extension (and, for folders, their contents)."""
     if not path.exists():

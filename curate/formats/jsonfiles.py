@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import RowError, UserError
-from curate.formats import ImageRef, ReadOptions, SourceRow
+from curate.formats import ImageRef, ReadOptions, SourceRow, storable_name
 
 IMAGE_FIELDS = ("image", "images", "image_path", "image_paths")
 
@@ -27,6 +27,26 @@ def _refs(value: Any, field: str, root: Path) -> list[ImageRef]:
             return [ImageRef("b64", value, field)]
         return [ImageRef("path", value, field, root=root)]
     raise RowError("bad_image_field", field, f"field {field!r} must be a path or a list of paths, got {type(value).__name__}")
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: an object with one key twice (two "answer"s) would keep the last
+    silently; the row is quarantined instead (``_RepeatedKey`` carries the key out of json)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_repeated_keys)
 
 
 def _record_row(row_no: int, rec: Any, opts: ReadOptions, root: Path, where: str) -> SourceRow:
@@ -53,12 +73,23 @@ def read_jsonl(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
                 continue
             row_no += 1
             where = f"line {line_no}"
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a byte-order mark is not part of the first record
             try:
-                rec = json.loads(raw.decode("utf-8"))
+                rec = _loads(raw.decode("utf-8"))
+            except _RepeatedKey as exc:
+                yield SourceRow(row_no, {}, where=where, error=RowError("repeated_key", storable_name(exc.key), f"key {exc.key!r} appears twice in the object; which value is meant cannot be known"))
+                continue
+            except RecursionError:
+                yield SourceRow(row_no, {}, where=where, error=RowError("too_deeply_nested", None, "the JSON nests lists/objects too deeply to read"))
+                continue
             except UnicodeDecodeError as exc:
                 yield SourceRow(row_no, {}, where=where, error=RowError("bad_encoding", None, f"not valid UTF-8 at byte {exc.start}"))
                 continue
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
+                if not isinstance(exc, json.JSONDecodeError):
+                    yield SourceRow(row_no, {}, where=where, error=RowError("bad_json", None, f"not readable JSON ({str(exc)[:120]})"))
+                    continue
                 if row_no == 1 and line_no == 1:
                     raise UserError(f"{path}: line 1 is not JSON ({exc.msg}); expected one JSON object per line") from exc
                 yield SourceRow(row_no, {}, where=where, error=RowError("bad_json", None, f"not valid JSON ({exc.msg} at column {exc.colno}) -- truncated line?"))
@@ -70,9 +101,13 @@ def read_json(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
     """MathVista's dict-of-records (``{pid: {...}}``) or a plain list of records."""
     root = opts.image_root or path.parent
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON file ({type(exc).__name__}: {exc})") from exc
+        obj = _loads(path.read_bytes().decode("utf-8-sig"))
+    except _RepeatedKey as exc:
+        raise UserError(f"{path}: key {exc.key!r} appears twice in one object; which value is meant cannot be known") from exc
+    except RecursionError as exc:
+        raise UserError(f"{path}: JSON nested too deeply to read") from exc
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, a 5,000-digit integer
+        raise UserError(f"{path}: not a readable JSON file ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if isinstance(obj, dict):
         records = list(obj.values())
         if not all(isinstance(r, dict) for r in records):

@@ -16,30 +16,35 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from curate.errors import UserError
+from curate.errors import RowError, UserError
 from curate.formats import ImageRef, ReadOptions, SourceRow
 
 IMAGE_COLUMNS = ("image", "images", "decoded_image")
 BATCH_ROWS = 256
 
 
-def _image_refs(value: Any, field: str) -> list[ImageRef]:
-    """Image cell(s) of a columnar source: struct {bytes, path}, raw bytes, or base64 text."""
+def _image_refs(value: Any, field: str, root: Path | None = None) -> list[ImageRef]:
+    """Image cell(s) of a columnar source: struct {bytes, path}, raw bytes, or base64 text.
+
+    A struct with only ``path`` names a file relative to ``root`` (the dataset's folder; paths
+    escaping it are refused like JSONL's). A value of any other type (an int "image" column) is
+    not an image at all: a ``bad_image`` quarantine naming the type, not a silent ``no_image``.
+    """
     if value is None:
         return []
     if isinstance(value, list):
-        return [r for v in value for r in _image_refs(v, field)]
+        return [r for v in value for r in _image_refs(v, field, root)]
     if isinstance(value, dict):
         if value.get("bytes"):
             return [ImageRef("bytes", value["bytes"], field, path=value.get("path"))]
         if value.get("path"):
-            return [ImageRef("path", value["path"], field)]
+            return [ImageRef("path", value["path"], field, root=root)]
         return []
     if isinstance(value, (bytes, bytearray)):
         return [ImageRef("bytes", bytes(value), field)]
-    if isinstance(value, str) and value.strip():
-        return [ImageRef("b64", value.strip(), field)]
-    return []
+    if isinstance(value, str):
+        return [ImageRef("b64", value.strip(), field)] if value.strip() else []
+    raise RowError("bad_image", field, f"field {field!r} holds a {type(value).__name__} ({str(value)[:40]!r}), not an image (bytes, base64 text or a {{bytes, path}} struct)")
 
 
 def _label_names(features: dict[str, Any]) -> dict[str, list[str]]:
@@ -79,10 +84,22 @@ def _parquet_labels(schema) -> dict[str, list[str]]:
     return _label_names(feats) if isinstance(feats, dict) else {}
 
 
-def _source_row(row_no: int, rec: dict, image_col: str | None) -> SourceRow:
+def _source_row(row_no: int, rec: dict, image_col: str | None, root: Path | None = None) -> SourceRow:
     """A record as a SourceRow: the image column's payloads taken out of the fields."""
-    images = _image_refs(rec.pop(image_col, None), image_col) if image_col else []
+    try:
+        images = _image_refs(rec.pop(image_col, None), image_col, root) if image_col else []
+    except RowError as exc:
+        return SourceRow(row_no, rec, error=exc, has_image_column=True)
     return SourceRow(row_no, rec, images, has_image_column=image_col is not None)
+
+
+def _refuse_repeated_columns(path: Path, names: list[str]) -> None:
+    """Two columns with one name: a record dict keeps only the last, silently; refuse the file."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise UserError(f"{path}: column {name!r} appears twice; rename one")
+        seen.add(name)
 
 
 def _pick_image_column(columns: list[str], opts: ReadOptions) -> str | None:
@@ -100,7 +117,30 @@ def read_xlsx_frame(path: Path):
         df = pl.read_excel(path, infer_schema_length=0)
     except Exception as exc:  # fastexcel raises its own types for a broken zip
         raise UserError(f"{path}: not a readable xlsx workbook ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    _refuse_repeated_xlsx_header(path, df.columns)
     return df.select(pl.all().cast(pl.String))
+
+
+def _refuse_repeated_xlsx_header(path: Path, columns: list[str]) -> None:
+    """fastexcel renames a repeated header cell ("answer", "answer" -> "answer", "answer_1"): two
+    answer columns would silently become one used and one ignored. A column named like such a
+    rename is checked against the header row as written (read only then: normal files pay nothing)."""
+    import re
+
+    present = set(columns)
+    suspects = [c for c in columns if (m := re.fullmatch(r"(.+)_\d+", c)) and m.group(1) in present]
+    if not suspects:
+        return
+    import fastexcel
+
+    try:
+        head = fastexcel.read_excel(str(path)).load_sheet(0, header_row=None, n_rows=1).to_polars()
+    except Exception as exc:  # fastexcel raises its own types; the whole sheet was just read, so rare
+        raise UserError(f"{path}: cannot read the header row ({type(exc).__name__})") from exc
+    names = [str(v).strip() for v in head.row(0) if v is not None] if head.height else []
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:
+        raise UserError(f"{path}: column {repeated!r} appears twice in the header; rename one")
 
 
 def rows_of_frame(df, opts: ReadOptions, rows: Iterator[int] | None = None) -> Iterator[SourceRow]:
@@ -126,6 +166,7 @@ def read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
             pf = pq.ParquetFile(file)
         except Exception as exc:
             raise UserError(f"{file}: not a readable parquet file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        _refuse_repeated_columns(file, pf.schema_arrow.names)
         image_col = _pick_image_column(pf.schema_arrow.names, opts)
         labels = _parquet_labels(pf.schema_arrow)
         split = _split_from_name(file) if path.is_dir() else None
@@ -136,7 +177,7 @@ def read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
                     _decode_labels(rec, labels)
                     if split and "split" not in rec:
                         rec["split"] = split
-                    yield _source_row(row_no, rec, image_col)
+                    yield _source_row(row_no, rec, image_col, file.parent)
         except UserError:
             raise
         except Exception as exc:
@@ -173,4 +214,4 @@ def read_hf_disk(path: Path, opts: ReadOptions) -> Iterator[SourceRow]:
                 _decode_labels(rec, labels)
                 if split and "split" not in rec:
                     rec["split"] = split
-                yield _source_row(row_no, rec, image_col)
+                yield _source_row(row_no, rec, image_col, path)

@@ -31,7 +31,9 @@ csv.field_size_limit(sys.maxsize)
 
 def _open(path: Path):
     # surrogateescape: undecodable bytes survive to the row check, which names row and field.
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+    # utf-8-sig: a byte-order mark (Excel's "UTF-8 CSV") would otherwise glue itself to the first
+    # header cell, hide the ``index`` column and silently turn every id into a row number.
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def _raw_header(path: Path, delimiter: str) -> list[str]:
@@ -45,7 +47,18 @@ def _raw_header(path: Path, delimiter: str) -> list[str]:
         raise UserError(f"{path}: empty file, no header row")
     if any("\udc80" <= ch <= "\udcff" for h in header for ch in h) or "\x00" in "".join(header):
         raise UserError(f"{path}: not a text table (header is not UTF-8 text)")
+    _refuse_repeated_columns(path, [h.strip() for h in header])
     return header
+
+
+def _refuse_repeated_columns(path: Path, header: list[str]) -> None:
+    """Two columns with one name (two ``answer`` columns): a row dict would keep only the last,
+    silently. Which one is meant cannot be known, so the file is refused, naming both positions."""
+    seen: dict[str, int] = {}
+    for pos, name in enumerate(header, 1):
+        if name in seen:
+            raise UserError(f"{path}: column {name!r} appears twice in the header (columns {seen[name]} and {pos}); rename one")
+        seen[name] = pos
 
 
 def _is_ref(cell: str) -> bool:
@@ -77,46 +90,134 @@ def read_tsv(path: Path, opts: ReadOptions, *, delimiter: str = "\t") -> Iterato
             shared.close()
 
 
+class _LineTap:
+    """The physical lines the csv reader consumes, kept since the last ``take``.
+
+    A stray ``"`` at the start of a cell opens a quoted field that runs on over tabs and line
+    ends until the next quote: several lines become one record. Keeping the raw lines of each
+    record lets ``_rows`` notice that and account for every line on its own.
+    """
+
+    def __init__(self, fh):
+        self._fh = fh
+        self.lines: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._fh)
+        self.lines.append(line)
+        return line
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def _swallowed(fields: list[str], lines: list[str], n_columns: int, delimiter: str) -> bool:
+    """Whether one csv record of the right length is really several lines glued by an unbalanced quote.
+
+    A record over several lines is normal when a quoted cell holds a line break. It is a
+    swallow when a cell holds a line break *and* the delimiter (a quoted run over whole
+    lines, which no real question cell looks like). Records of the wrong length are always
+    re-read line by line by ``_rows``.
+    """
+    if len(lines) < 2:
+        return False
+    if len(fields) != n_columns:
+        return True
+    return any("\n" in f and delimiter in f for f in fields)
+
+
 def _rows(path: Path, delimiter: str, header: list[str], image_col: str | None, shared) -> Iterator[SourceRow]:
+    row_no = 0
     with _open(path) as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        next(reader)
-        for row_no, fields in enumerate(reader, 1):
-            where = f"line {reader.line_num}"
-            if shared is not None:  # before any check: the exact rule reads short rows too
-                shared.remember(fields)
-            if len(fields) != len(header):
+        tap = _LineTap(fh)
+        reader = csv.reader(tap, delimiter=delimiter)
+        try:
+            next(reader)
+            tap.take()
+            first_line = 2
+            for fields in reader:
+                lines = tap.take()
+                start, first_line = first_line, first_line + len(lines)
+                if len(fields) != len(header) and fields and fields != [""] or _swallowed(fields, lines, len(header), delimiter):
+                    # every physical line on its own, so none is lost inside another's cell, and an
+                    # unclosed quote is named as such rather than as a short row
+                    for offset, line in enumerate(lines):
+                        if not line.strip():
+                            continue
+                        row_no += 1
+                        yield _line_row(row_no, line, start + offset, header, image_col, shared, delimiter)
+                    continue
                 if not fields or fields == [""]:
-                    continue  # blank trailing line
-                missing = header[len(fields):] if len(fields) < len(header) else []
-                yield SourceRow(
-                    row_no,
-                    {},
-                    where=where,
-                    error=RowError(
-                        "wrong_field_count",
-                        missing[0] if missing else None,
-                        f"row has {len(fields)} fields, the header has {len(header)}"
-                        + (f" (no value for: {', '.join(missing[:5])})" if missing else "")
-                        + " -- truncated or mis-quoted",
-                    ),
-                    has_image_column=image_col is not None,
-                )
-                continue
-            rec = dict(zip(header, fields))
-            images: list[ImageRef] = []
-            error = None
-            if image_col is not None:
-                cell = rec.pop(image_col).strip()
-                try:
-                    if _is_ref(cell):
-                        images = [ImageRef("ref", cell, image_col)]
-                    else:
-                        images = [ImageRef("b64", p, image_col) for p in _split_images(cell)]
-                    images = [r for ref in images for r in _resolve_ref(ref, shared)]
-                except RowError as exc:
-                    error, images = exc, []
-            yield SourceRow(row_no, rec, images, where=where, error=error, has_image_column=image_col is not None)
+                    continue  # blank line
+                row_no += 1
+                where = f"line {start}" if len(lines) == 1 else f"lines {start}-{start + len(lines) - 1}"
+                yield _record(row_no, fields, where, header, image_col, shared)
+        except csv.Error as exc:
+            raise UserError(f"{path}: not a readable table after data row {row_no} ({exc})") from exc
+
+
+def _line_row(row_no: int, line: str, line_no: int, header: list[str], image_col: str | None, shared, delimiter: str) -> SourceRow:
+    """One physical line of a record that did not parse: its own row when it parses alone, else
+    quarantined as ``unbalanced_quote`` naming the cell whose quote never closes."""
+    where = f"line {line_no}"
+    text = line.rstrip("\r\n")
+    if '"' in text and _unbalanced(text, delimiter):
+        col = next((h for h, f in zip(header, text.split(delimiter)) if f.lstrip().startswith('"') and not _closed(f)), None)
+        return SourceRow(row_no, {}, where=where, error=RowError(
+            "unbalanced_quote", col,
+            f"a quote opens a cell{'' if col is None else f' ({col!r})'} and is never closed on this line; "
+            "read as CSV it would swallow the text after it -- fix or escape the quote (\"\")"),
+            has_image_column=image_col is not None)
+    return _record(row_no, next(csv.reader([text], delimiter=delimiter), []), where, header, image_col, shared)
+
+
+def _closed(cell: str) -> bool:
+    """A cell that opens with a quote is closed when the rest ends in an odd run of quotes
+    (the closing one after any escaped pairs): ``""`` and ``"a"`` are closed, ``"a""`` is not."""
+    inner = cell.strip()[1:]
+    return (len(inner) - len(inner.rstrip('"'))) % 2 == 1
+
+
+def _unbalanced(text: str, delimiter: str) -> bool:
+    return any(f.lstrip().startswith('"') and not _closed(f) for f in text.split(delimiter))
+
+
+def _record(row_no: int, fields: list[str], where: str, header: list[str], image_col: str | None, shared) -> SourceRow:
+    if shared is not None:  # before any check: the exact rule reads short rows too
+        shared.remember(fields)
+    if len(fields) != len(header):
+        missing = header[len(fields):] if len(fields) < len(header) else []
+        return SourceRow(
+            row_no,
+            {},
+            where=where,
+            error=RowError(
+                "wrong_field_count",
+                missing[0] if missing else None,
+                f"row has {len(fields)} fields, the header has {len(header)}"
+                + (f" (no value for: {', '.join(missing[:5])})" if missing else "")
+                + " -- truncated or mis-quoted",
+            ),
+            has_image_column=image_col is not None,
+        )
+    rec = dict(zip(header, fields))
+    images: list[ImageRef] = []
+    error = None
+    if image_col is not None:
+        cell = rec.pop(image_col).strip()
+        try:
+            if _is_ref(cell):
+                images = [ImageRef("ref", cell, image_col)]
+            else:
+                images = [ImageRef("b64", p, image_col) for p in _split_images(cell)]
+            images = [r for ref in images for r in _resolve_ref(ref, shared)]
+        except RowError as exc:
+            error, images = exc, []
+    return SourceRow(row_no, rec, images, where=where, error=error, has_image_column=image_col is not None)
 
 
 class _SharedPayloads:
