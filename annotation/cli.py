@@ -6,11 +6,13 @@ calls one library function and prints a short summary; the API token is never pr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from rich.table import Table
-from curate.console import log_console
+
+from curate.console import log_console, safe
 
 review_app = typer.Typer(name="review", help="Human review in Label Studio: serve, push, status, pull.", no_args_is_help=True)
 console = log_console()
@@ -18,6 +20,8 @@ console = log_console()
 WorkdirArg = typer.Argument(..., help="Workspace folder (items.parquet / screened.parquet).")
 UrlOpt = typer.Option(None, "--url", help="Label Studio URL (default: the server `review serve` started, else http://127.0.0.1:8080). Token: LABEL_STUDIO_API_KEY or the workspace secret.")
 ProjectOpt = typer.Option("mmcurate review", "--project", help="Label Studio project title.")
+EmailsArg = typer.Argument(..., help="One email per reviewer (each gets their own login).")
+StageOpt = typer.Option(None, "--stage", help="Stage to review: screened (default, else items) or balanced (MMStar reviewed its final picks).")
 
 
 @review_app.command("serve")
@@ -31,7 +35,7 @@ def serve(
 
     with console.status("starting Label Studio (the first start of a workspace migrates its database, ~1 min)"):
         server = start_server(workdir, port)
-    console.print(f"Label Studio: [bold]{server.url}[/]  (login and API token in {secret_path(workdir)}, readable only by you)")
+    console.print(f"Label Studio: [bold]{safe(server.url)}[/]  (login and API token in {safe(secret_path(workdir))}, readable only by you)")
     if detach:
         import warnings
 
@@ -56,14 +60,31 @@ def stop(workdir: Path = WorkdirArg) -> None:
     console.print("stopped" if stop_recorded(workdir) else "no server recorded for this workspace")
 
 
+@review_app.command("add-reviewer")
+def add_reviewer(
+    workdir: Path = WorkdirArg,
+    emails: list[str] = EmailsArg,
+) -> None:
+    """Create a login per reviewer on the local server (`review serve`); passwords go to a 0600 file."""
+    from annotation.server import add_reviewers, recorded_url, save_reviewer_logins
+
+    path = save_reviewer_logins(workdir, emails)
+    add_reviewers(workdir, {e: p for e, p in json.loads(path.read_text()).items() if e in emails})
+    url = recorded_url(workdir) or "the server `review serve` starts"
+    console.print(f"{len(emails)} reviewer logins; passwords in {path} (readable only by you; hand each reviewer theirs)")
+    console.print(f"each reviewer logs in at {url}/user/login and opens the project's 'Label All Tasks'")
+
+
 @review_app.command("push")
 def push(
     workdir: Path = WorkdirArg,
     url: str | None = UrlOpt,
     project: str = ProjectOpt,
-    images: str = typer.Option("auto", "--images", help="auto | inline (base64 in the task) | local (files served from the workspace)."),
+    images: str = typer.Option("auto", "--images", help="auto (local when `review serve` runs for WORKDIR, else inline) | inline (base64 in the task; a team server) | local (files served from the workspace)."),
+    reviewers: int = typer.Option(3, "--reviewers", help="Different reviewers each task goes to (set when the project is created; MMStar: 3)."),
+    stage: str | None = StageOpt,
 ) -> None:
-    """Import the review candidates as tasks (again: only the ones not there yet)."""
+    """Import the review candidates as tasks (again: only the ones not there yet, e.g. a `balance --replace` pick)."""
     from rich.progress import Progress
 
     from annotation.client import connect, push_workspace
@@ -71,25 +92,43 @@ def push(
     client = connect(workdir, url)
     with Progress(console=console, transient=True) as bar:
         job = bar.add_task("pushing", total=None)
-        result = push_workspace(workdir, client, project, image_mode=images, on_batch=lambda done, todo: bar.update(job, completed=done, total=todo))
+        result = push_workspace(
+            workdir, client, project, image_mode=images, reviewers=reviewers, stage=stage, on_batch=lambda done, todo: bar.update(job, completed=done, total=todo)
+        )
     console.print(
-        f"project {project!r} (id {result.project_id}) at {client.url}: {result.pushed} new tasks, "
+        f"project {safe(repr(project))} (id {result.project_id}) at {safe(client.url)}: {result.pushed} new tasks, "
         f"{result.already} already there, {result.total} candidates; images {result.image_mode}"
     )
 
 
 @review_app.command("status")
-def status(workdir: Path = WorkdirArg, url: str | None = UrlOpt, project: str = ProjectOpt) -> None:
-    """Tasks, annotated tasks and annotations per reviewer."""
+def status(
+    workdir: Path = WorkdirArg,
+    url: str | None = UrlOpt,
+    project: str = ProjectOpt,
+    min_reviewers: int = typer.Option(3, "--min-reviewers", help="Reviewers each item needs (MMStar: 3)."),
+) -> None:
+    """Progress per reviewer and the items still short of reviewers."""
     from annotation.client import connect
 
     client = connect(workdir, url)
-    st = client.status(client.project_id(project), project)
-    console.print(f"project {project!r} (id {st.project_id}): {st.tasks} tasks, {st.annotated} annotated, {st.annotations} annotations")
-    table = Table("reviewer", "annotations")
+    st = client.status(client.project_id(project), project, min_reviewers=min_reviewers)
+    console.print(f"project {safe(repr(project))} (id {st.project_id}): {st.tasks} tasks, {st.annotated} annotated, {st.annotations} annotations")
+    table = Table("reviewer", "done", "left")
     for who, n in st.per_annotator.items():
-        table.add_row(who, str(n))
+        table.add_row(safe(who), f"{n} of {st.tasks}", str(st.remaining(who)))
     console.print(table)
+    if not st.short_items:
+        console.print(f"every item has {min_reviewers} or more reviewers")
+        return
+    console.print(f"{len(st.short_items)} items still short of {min_reviewers} reviewers:")
+    short = Table("item_id", "reviewers so far")
+    for item_id in st.short_items[:20]:
+        names = st.short_reviewers[item_id]
+        short.add_row(safe(item_id), safe(f"{len(names)}: " + ", ".join(names)) if names else "0")
+    console.print(short)
+    if len(st.short_items) > 20:
+        console.print(f"... and {len(st.short_items) - 20} more")
 
 
 @review_app.command("pull")
@@ -98,13 +137,14 @@ def pull(
     url: str | None = UrlOpt,
     project: str = ProjectOpt,
     min_reviewers: int = typer.Option(3, "--min-reviewers", help="Reviewers needed before an item can be kept (MMStar: 3)."),
+    stage: str | None = StageOpt,
 ) -> None:
     """Export verdicts, decide each item, write reviewed.parquet and review_agreement.json."""
     from annotation.client import connect
     from annotation.verdicts import pull as pull_verdicts
 
-    result = pull_verdicts(workdir, connect(workdir, url), project, min_reviewers=min_reviewers)
-    console.print(f"reviewed.parquet: {result.table.height} rows; " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
+    result = pull_verdicts(workdir, connect(workdir, url), project, min_reviewers=min_reviewers, stage=stage)
+    console.print(f"reviewed.parquet: {result.table.height} rows; " + ", ".join(f"{safe(k)} {v}" for k, v in sorted(result.counts.items())))
     table = Table("question", "Fleiss' kappa", "items (>=2 reviewers)", "all agree")
     for q in ("needs_image", "key_correct", "dimension"):
         a = result.agreement[q]

@@ -27,8 +27,15 @@ import httpx
 import polars as pl
 
 from annotation.config import is_ours, labeling_config
-from annotation.tasks import ImageMode, iter_tasks, plan_images, task_size
+from annotation.tasks import (
+    PREDICTION_MODEL,
+    ImageMode,
+    iter_tasks,
+    plan_images,
+    task_size,
+)
 from curate.errors import UserError
+from curate.workspace import workspace_command
 
 NO_RETRY = {"max_retries": 0}
 DEFAULT_PROJECT = "mmcurate review"
@@ -55,6 +62,15 @@ class ProjectStatus:
     annotated: int  # tasks with at least one submitted (not cancelled) annotation
     annotations: int
     per_annotator: dict[str, int] = field(default_factory=dict)
+    #: Reviewers required per item, and the item_ids with fewer submitted verdicts than that.
+    min_reviewers: int = 3
+    short_items: list[str] = field(default_factory=list)
+    #: ``{item_id: reviewers so far}`` for the short items (who still has to look is the rest of the team).
+    short_reviewers: dict[str, list[str]] = field(default_factory=dict)
+
+    def remaining(self, reviewer: str) -> int:
+        """Tasks this reviewer has not submitted yet (their progress is ``tasks - remaining``)."""
+        return self.tasks - self.per_annotator.get(reviewer, 0)
 
 
 class ReviewClient:
@@ -127,7 +143,7 @@ class ReviewClient:
             raise UserError(f"Label Studio at {self.url} has {len(found)} projects titled {title!r} (ids {[p.id for p in found]}); rename all but one or pass --project")
         return found[0] if found else None
 
-    def ensure_project(self, title: str, config: str | None = None) -> int:
+    def ensure_project(self, title: str, config: str | None = None, *, reviewers: int = 3) -> int:
         """Id of the review project ``title``, created with our config when missing.
 
         A same-titled project whose config is not ours (or ours for another taxonomy) is an error,
@@ -138,7 +154,19 @@ class ReviewClient:
         if project is None:
             created = self.call(
                 f"create project {title!r}",
-                lambda: self.ls.projects.create(title=title, label_config=config, description="mmcurate human review (MMStar recipe)", request_options=NO_RETRY),
+                lambda: self.ls.projects.create(
+                    title=title,
+                    label_config=config,
+                    description="mmcurate human review (MMStar recipe)",
+                    # each task goes to `reviewers` different accounts (Label Studio's overlap), the
+                    # suggested dimension is pre-filled from our predictions, an empty submit is refused
+                    maximum_annotations=reviewers,
+                    overlap_cohort_percentage=100,
+                    model_version=PREDICTION_MODEL,
+                    show_collab_predictions=True,
+                    enable_empty_annotation=False,
+                    request_options=NO_RETRY,
+                ),
             )
             return int(created.id)
         stored = self.call(f"read project {project.id}", lambda: self.ls.projects.get(id=project.id)).label_config or ""
@@ -243,18 +271,25 @@ class ReviewClient:
         users = self.call("list users", lambda: list(self.ls.users.list()))
         return {int(u.id): (u.email or u.username or f"user {u.id}") for u in users}
 
-    def status(self, project_id: int, title: str, tasks: list[dict[str, Any]] | None = None) -> ProjectStatus:
+    def status(self, project_id: int, title: str, tasks: list[dict[str, Any]] | None = None, *, min_reviewers: int = 3) -> ProjectStatus:
+        """Per-reviewer progress and the items still short of ``min_reviewers`` distinct reviewers."""
         tasks = self.export(project_id) if tasks is None else tasks
         emails = self.user_emails()
         per: Counter[str] = Counter()
+        by_item: dict[str, set[str]] = {}
         annotated = n_ann = 0
         for task in tasks:
             done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
             annotated += bool(done)
             n_ann += len(done)
-            for a in done:
-                per[reviewer_name(a.get("completed_by"), emails)] += 1
-        return ProjectStatus(project_id, title, len(tasks), annotated, n_ann, dict(sorted(per.items())))
+            who = {reviewer_name(a.get("completed_by"), emails) for a in done}
+            item_id = (task.get("data") or {}).get("item_id")
+            if item_id is not None:
+                by_item.setdefault(item_id, set()).update(who)
+            for name in who:
+                per[name] += 1
+        short = {i: sorted(w) for i, w in sorted(by_item.items()) if len(w) < min_reviewers}
+        return ProjectStatus(project_id, title, len(tasks), annotated, n_ann, dict(sorted(per.items())), min_reviewers, list(short), short)
 
 
 def reviewer_name(completed_by: Any, emails: dict[int, str]) -> str:
@@ -295,6 +330,7 @@ def connect(workdir: str | Path, url: str | None = None) -> ReviewClient:
     return ReviewClient(resolve_url(workdir, url), resolve_token(workdir))
 
 
+@workspace_command("review push")
 def push_workspace(
     workdir: str | Path,
     client: ReviewClient,
@@ -303,12 +339,19 @@ def push_workspace(
     image_mode: ImageMode = "auto",
     batch_tasks: int = BATCH_TASKS,
     on_batch: Callable[[int, int], None] | None = None,
+    reviewers: int = 3,
+    stage: str | None = None,
 ) -> PushResult:
-    """Push the workspace's review candidates (newest of screened/items) into ``project``."""
+    """Push the workspace's review candidates (newest of screened/items) into ``project``.
+
+    ``reviewers``: how many different accounts each task goes to (set when the project is created).
+    Pushing again imports only the item_ids the project lacks, so an item ``balance --replace``
+    swapped in is pushed alone; the tasks already there (and their verdicts) are untouched.
+    """
     from annotation.tasks import select_for_review
     from curate.workspace import Workspace
 
     ws = Workspace(workdir)
-    _, items = select_for_review(ws)
-    pid = client.ensure_project(project)
+    _, items = select_for_review(ws, stage)
+    pid = client.ensure_project(project, reviewers=reviewers)
     return client.push(pid, items, image_mode=image_mode, root=ws.root, batch_tasks=batch_tasks, on_batch=on_batch)

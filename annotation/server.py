@@ -334,3 +334,64 @@ def stop_recorded(workdir: str | Path, timeout: float = 15.0) -> bool:
             pass
     info.unlink(missing_ok=True)
     return True
+
+
+_ADD_REVIEWERS = """
+import json, sys
+from organizations.models import Organization
+from users.models import User
+org = Organization.objects.first()
+for email, password in json.loads(sys.stdin.read()).items():
+    user = User.objects.filter(email=email).first() or User.objects.create_user(email=email, username=email, password=password)
+    user.set_password(password)
+    user.save()
+    org.add_user(user)
+    if user.active_organization_id is None:
+        user.active_organization = org
+        user.save(update_fields=["active_organization"])
+"""
+
+
+REVIEWERS_FILE = "reviewers.json"
+
+
+def save_reviewer_logins(workdir: str | Path, emails: list[str]) -> Path:
+    """Give each new email a random password in ``.label_studio/reviewers.json`` (0600); keep existing ones."""
+    path = state_dir(workdir) / REVIEWERS_FILE
+    logins = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for email in emails:
+        logins.setdefault(email, secrets.token_urlsafe(12))
+    _write_private(path, json.dumps(logins, indent=2))
+    return path
+
+
+def add_reviewers(workdir: str | Path, accounts: dict[str, str], timeout: float = 120.0) -> None:
+    """Create (or reset the password of) one ordinary login per reviewer in the workspace's server.
+
+    Why not the admin's account for everyone: MMStar's rule needs three *independent* verdicts,
+    and Label Studio tells reviewers apart only by the account that submitted. Label Studio has
+    no API to set a user's password, so this runs its Django ``shell`` against the data dir (the
+    server may keep running; sqlite serialises the writes). Passwords go through stdin, never argv.
+    """
+    workdir = Path(workdir).resolve()
+    secret = load_secret(workdir)
+    if secret is None or not data_dir(workdir).is_dir():
+        raise UserError(f"{workdir}: no local Label Studio here; run `mmcurate review serve {workdir}` first")
+    import label_studio
+
+    manage = Path(label_studio.__file__).with_name("manage.py")
+    env = server_env(workdir, secret)
+    env["PYTHONPATH"] = os.pathsep.join([str(manage.parent), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(manage), "shell", "-c", _ADD_REVIEWERS],
+        input=json.dumps(accounts),
+        env=env,
+        cwd=str(state_dir(workdir)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = " ".join(done.stderr.strip().splitlines()[-1:])[:300]
+        raise UserError(f"could not create reviewer accounts in {data_dir(workdir)}: {tail}")

@@ -2,9 +2,11 @@
 
 Why this shape: a reviewer must judge an item on what a benchmark user would see -- image(s),
 hint, question, options -- plus what the text-only screening panel answered, so a suspicious
-"nobody got it without the image" is visible. Pre-annotations (Label Studio "predictions")
-pre-fill the suggested dimension and a "needs the image" guess so a reviewer confirms rather
-than types; they are never counted as a reviewer's verdict.
+"nobody got it without the image" is visible. The only pre-annotation (Label Studio
+"prediction") is the suggested dimension, with the suggester's real probability. The questions
+that decide an item ("needs the image", "key right") are NEVER pre-filled: items reach review
+because the panel mostly failed them, so a pre-filled "yes" would be accepted by a reviewer
+pressing submit on an untouched task. The panel's hit share is shown as evidence instead.
 
 Images travel as base64 data URIs when the pool is small (the task is self-contained, any
 server shows it); a large pool goes through Label Studio's local-file storage rooted at the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import math
 import re
@@ -27,7 +30,7 @@ from urllib.parse import quote
 
 import polars as pl
 
-from annotation.config import DIMENSION, NEEDS_IMAGE, NO, TO_NAME, YES
+from annotation.config import DIMENSION, LETTER_CHOICES, NO, TO_NAME, YES
 from curate.errors import UserError
 from curate.schema import ITEM_SCHEMA, LETTERS
 from curate.taxonomy import Taxonomy, default_taxonomy
@@ -141,21 +144,100 @@ def needs_image_guess(row: dict[str, Any]) -> tuple[str, float] | None:
     return (YES if share <= NEEDS_IMAGE_MAX_HIT_SHARE else NO), round(1.0 - share, 4)
 
 
+def suggested_score(row: dict[str, Any]) -> float | None:
+    """The suggester's own probability for its dimension, or None when it gave none (never a made-up 1.0)."""
+    score = row.get("suggested_l2_score")
+    if isinstance(score, (int, float)) and not math.isnan(score):
+        return round(float(score), 4)
+    return None
+
+
 def prediction(row: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any] | None:
-    """A Label Studio prediction pre-filling dimension and needs-image; None when we know neither."""
-    result, scores = [], []
+    """A Label Studio prediction pre-filling ONLY the suggested dimension; None without a suggestion.
+
+    An item's own ``l2_category`` (from its source benchmark) is suggested without a score; a
+    classifier's suggestion carries its probability (``suggested_l2_score``).
+    """
     dim = suggested_dimension(row, taxonomy)
-    if dim is not None:
-        result.append({"from_name": DIMENSION, "to_name": TO_NAME, "type": "choices", "value": {"choices": [dim]}})
-        score = row.get("suggested_l2_score")
-        scores.append(float(score) if isinstance(score, (int, float)) and not math.isnan(score) else 1.0)
-    guess = needs_image_guess(row)
-    if guess is not None:
-        result.append({"from_name": NEEDS_IMAGE, "to_name": TO_NAME, "type": "choices", "value": {"choices": [guess[0]]}})
-        scores.append(guess[1])
-    if not result:
+    if dim is None:
         return None
-    return {"model_version": PREDICTION_MODEL, "score": round(sum(scores) / len(scores), 4), "result": result}
+    pred: dict[str, Any] = {"model_version": PREDICTION_MODEL, "result": [{"from_name": DIMENSION, "to_name": TO_NAME, "type": "choices", "value": {"choices": [dim]}}]}
+    score = suggested_score(row) if row.get("l2_category") != dim else None
+    if score is not None:
+        pred["score"] = score
+    return pred
+
+
+# -- what the reviewer reads (HTML fragments rendered by HyperText) -------------------------------
+def images_html(urls: list[str]) -> str:
+    """The item's images side by side, each captioned with its number (``Image 1`` ...)."""
+    if not urls:
+        return '<div class="mmc-imgs"><em>This item has no image.</em></div>'
+    figs = [f"<figure><figcaption>Image {i}</figcaption>{_picture(u, i)}</figure>" for i, u in enumerate(urls, 1)]
+    return '<div class="mmc-imgs">' + "".join(figs) + "</div>"
+
+
+def _picture(url: str, number: int) -> str:
+    """An ``<img>`` for a served file; a CSS background for a ``data:`` URI.
+
+    Why two forms: Label Studio's HTML sanitiser drops ``data:`` from ``src`` but keeps ``style``,
+    so inline images (a team server that cannot read the workspace) still show.
+    """
+    if url.startswith("data:"):
+        return f'<div class="mmc-bg" role="img" aria-label="Image {number}" style="background-image: url(&quot;{url}&quot;)"></div>'
+    return f'<img src="{html.escape(url, quote=True)}" alt="Image {number}"/>'
+
+
+def hint_html(hint: str | None) -> str:
+    """The hint in a box, or nothing at all when the item has none (no empty "Hint" header)."""
+    hint = (hint or "").strip()
+    return f'<div class="mmc-hint"><b>Hint:</b> {html.escape(hint)}</div>' if hint else ""
+
+
+def options_html(options: list[str] | None, answer: str | None) -> str:
+    """The options as a list; the key's line highlighted and tagged "KEY" at its start, not lost at the end."""
+    key = (answer or "").strip().upper()
+    lines = []
+    for letter, text in zip(LETTERS, options or []):
+        is_key = letter == key
+        tag = '<span class="mmc-keytag">KEY</span>' if is_key else ""
+        cls = ' class="mmc-key"' if is_key else ""
+        lines.append(f"<li{cls}><b>{letter}.</b> {html.escape(str(text))}{tag}</li>")
+    return '<ul class="mmc-opts">' + "".join(lines) + "</ul>"
+
+
+def letter_choices(options: list[str] | None) -> list[dict[str, str]]:
+    """This item's own option letters as Label Studio dynamic choices, each with its lower-case hotkey."""
+    return [{"value": letter, "hotkey": letter.lower()} for letter in LETTERS[: len(options or [])]]
+
+
+def evidence_html(row: dict[str, Any], members: dict[str, str], suggestion: str | None, score: float | None) -> str:
+    """The evidence column: panel answers without the image, vision-model solves, the suggested dimension."""
+    parts = ['<div class="mmc-ev"><b>Evidence (suggestions only; you decide)</b>']
+    hits, n = row.get("hits"), row.get("n_members")
+    if hits is not None and n:
+        parts.append(f"<div>{hits} of {n} text-only panel members answered correctly <b>without the image</b>.</div>")
+    rows = []
+    for name, col in members.items():
+        value = row.get(col)
+        if value is None or value == "":
+            continue
+        hit = row.get(f"hit__{name}")
+        mark = '<span class="mmc-hit">correct</span>' if hit else '<span class="mmc-miss">wrong</span>' if hit is not None else ""
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(value))}</td><td>{mark}</td></tr>")
+    if rows:
+        parts.append("<table><tr><th>panel member</th><th>answered</th><th></th></tr>" + "".join(rows) + "</table>")
+    if hits is None and not rows:
+        parts.append("<div>Not screened: no text-only panel answers.</div>")
+    solvers, n_models = row.get("n_solvers"), row.get("n_models")
+    if solvers is not None and n_models:
+        diff = row.get("difficulty")
+        parts.append(f"<div>Solved by {solvers} of {n_models} vision models" + (f" ({html.escape(str(diff))})" if diff else "") + ".</div>")
+    if suggestion:
+        prob = f" (suggester's probability {score:.2f})" if score is not None else " (the source benchmark's label)"
+        parts.append(f"<div>Suggested dimension: <b>{html.escape(suggestion)}</b>{prob}</div>")
+    parts.append("</div>")
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -171,12 +253,18 @@ class ImagePlan:
 
 
 def plan_images(items: pl.DataFrame, mode: ImageMode = "auto", root: str | Path | None = None) -> ImagePlan:
-    """Pick inline or local-file images for a pool (``auto``: inline up to ``INLINE_LIMIT_BYTES``)."""
+    """Pick inline or local-file images for a pool.
+
+    ``auto`` serves files from the workspace whenever our local server runs for it (`review
+    serve`): the sqlite database stays small and the page loads each image once. Otherwise
+    (a team server that cannot read the workspace) images travel inline as ``data:`` URIs, which
+    the page shows as CSS backgrounds (Label Studio's sanitiser drops ``data:`` in ``src``).
+    ``INLINE_LIMIT_BYTES`` is kept for callers.
+    """
     if mode == "auto":
-        total = 0
-        if "images" in items.columns and items.height:
-            total = int(items.select(pl.col("images").list.eval(pl.element().struct.field("bytes").bin.size()).list.sum().sum()).item() or 0)
-        mode = "inline" if total <= INLINE_LIMIT_BYTES or root is None else "local"
+        from annotation.server import recorded_url
+
+        mode = "local" if root is not None and recorded_url(root) else "inline"
     if mode == "local":
         if root is None:
             raise UserError("local-file images need the workspace folder (root) to serve them from")
@@ -222,6 +310,15 @@ def item_to_task(row: dict[str, Any], plan: ImagePlan, *, members: dict[str, str
         "n_options": len(row.get("options") or []),
         "evidence": evidence_text(row, members or {}),
     }
+    dim = suggested_dimension(row, tax)
+    data.update(
+        images_html=images_html(data["images"]),
+        hint_html=hint_html(row.get("hint")),
+        options_html=options_html(row.get("options"), row.get("answer")),
+        evidence_html=evidence_html(row, members or {}, dim, suggested_score(row) if dim and dim != row.get("l2_category") else None),
+        item_id_html=f'<div class="mmc-id">item {html.escape(str(item_id))}</div>',
+        **{LETTER_CHOICES: letter_choices(row.get("options"))},
+    )
     task: dict[str, Any] = {"data": data}
     pred = prediction(row, tax)
     if pred is not None:
@@ -254,13 +351,24 @@ def review_mask(stage: pl.DataFrame) -> list[bool]:
     return stage.with_columns(expr.alias("__review_mask"))["__review_mask"].to_list() if stage.height else []
 
 
-def review_stage(ws: Workspace) -> str:
-    """The stage review reads: screened when present, else items."""
-    return ws.newest(("screened", "items"))
+#: Stages a review can be pushed from: the screened pool (default), or the balanced selection
+#: (MMStar reviewed its final picks; a rejected pick is swapped by `balance --replace` and pushed alone).
+REVIEW_STAGES = ("screened", "items", "balanced")
 
 
-def select_for_review(ws: Workspace) -> tuple[str, pl.DataFrame]:
-    """(stage name, rows to review) from the newest of screened.parquet / items.parquet."""
-    stage = review_stage(ws)
+def review_stage(ws: Workspace, stage: str | None = None) -> str:
+    """The stage review reads: ``stage`` when given, else screened when present, else items."""
+    if stage is None:
+        return ws.newest(("screened", "items"))
+    if stage not in REVIEW_STAGES:
+        raise UserError(f"--stage {stage!r}: expected one of {', '.join(REVIEW_STAGES)}")
+    if not ws.has(stage):
+        raise UserError(f"--stage {stage}: {ws.path(stage)} does not exist")
+    return stage
+
+
+def select_for_review(ws: Workspace, stage: str | None = None) -> tuple[str, pl.DataFrame]:
+    """(stage name, rows to review) from ``stage`` (default: the newest of screened / items)."""
+    stage = review_stage(ws, stage)
     table = ws.read(stage)
     return stage, table.filter(pl.Series(review_mask(table), dtype=pl.Boolean)) if table.height else table

@@ -7,6 +7,12 @@ and its key is right; the dimension is what the experts say it tests. Here: kept
 then to taxonomy order). Fewer reviewers than required -> quarantined ("awaiting_review"), not
 dropped: the item is undecided, not bad.
 
+Provenance: Label Studio marks each answer of a submitted annotation with its ``origin``
+("prediction" when the reviewer submitted a pre-annotation untouched). Such an answer is an
+*accepted suggestion*, not a decision: for "needs the image" and "key correct" it counts as
+unanswered; the dimension falls back to accepted suggestions only when no reviewer picked one.
+Every verdict records the source of each answer ("reviewer" / "suggestion").
+
 Agreement is reported per question (needs image, key correct, dimension) as Fleiss' kappa over
 all reviewers (the variable-raters form: items with >= 2 reviewers) and Cohen's kappa for every
 reviewer pair (scikit-learn), so a team sees whether its reviewers read the guidelines alike.
@@ -26,11 +32,18 @@ from typing import Any
 import polars as pl
 
 from annotation.client import ReviewClient, reviewer_name
-from annotation.config import COMMENT, CORRECTED_KEY, DIMENSION, KEY_CORRECT, NEEDS_IMAGE, YES
+from annotation.config import (
+    COMMENT,
+    CORRECTED_KEY,
+    DIMENSION,
+    KEY_CORRECT,
+    NEEDS_IMAGE,
+    YES,
+)
 from annotation.tasks import SUGGESTED_COLUMN, review_mask, review_stage
 from curate.errors import UserError
 from curate.taxonomy import Taxonomy, default_taxonomy
-from curate.workspace import Workspace
+from curate.workspace import Workspace, workspace_command
 
 DEFAULT_MIN_REVIEWERS = 3
 AGREEMENT_FILE = "review_agreement.json"
@@ -48,8 +61,12 @@ REVIEW_COLUMNS: dict[str, pl.DataType] = {
     "review_kept": pl.Boolean(),
     "review_status": pl.String(),  # kept / dropped / quarantined (ledger status)
     "review_reason": pl.String(),
-    "review_verdicts": pl.String(),  # JSON list of each reviewer's verdict
+    "review_verdicts": pl.String(),  # JSON list of each reviewer's verdict (with the source of each answer)
+    "review_n_decided": pl.Int32(),  # reviewers who answered both central questions themselves
+    "review_suggestions_accepted": pl.Int32(),  # answers that were pre-annotations submitted untouched
+    "review_dimension_source": pl.String(),  # "reviewer" / "suggestion" (no reviewer picked one) / null
 }
+REVIEWER, SUGGESTION = "reviewer", "suggestion"
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,14 @@ class Verdict:
     corrected_key: str | None
     comment: str | None
     annotation_id: int | None = None
+    #: ``{question: "reviewer" | "suggestion"}`` for every answer present in the annotation.
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    #: A dimension the reviewer submitted as pre-filled (not counted as their decision).
+    suggested_dimension: str | None = None
+
+    def decided(self) -> bool:
+        """Both central questions answered by the reviewer (not by an accepted suggestion)."""
+        return self.needs_image is not None and self.key_correct is not None
 
 
 @dataclass
@@ -83,23 +108,41 @@ def _yes_no(value: str | None) -> bool | None:
     return None if value is None else value == YES
 
 
+def _source(result: dict[str, Any]) -> str:
+    """``suggestion`` when Label Studio says the answer is a pre-annotation submitted unchanged."""
+    return SUGGESTION if result.get("origin") == "prediction" else REVIEWER
+
+
 def parse_annotation(item_id: str, reviewer: str, annotation: dict[str, Any]) -> Verdict:
-    """Read our controls out of one Label Studio annotation's ``result`` list."""
+    """Read our controls out of one Label Studio annotation's ``result`` list.
+
+    Accepted suggestions of the central questions are dropped (they read as unanswered); an
+    accepted dimension goes to ``suggested_dimension`` instead of ``dimension``.
+    """
     by_name: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
     for r in annotation.get("result") or []:
         by_name[r.get("from_name")] = r.get("value") or {}
+        sources[r.get("from_name")] = _source(r)
     comment = by_name.get(COMMENT, {}).get("text")
     if isinstance(comment, list):
         comment = "\n".join(str(t) for t in comment)
+
+    def decided(name: str) -> str | None:
+        return _choice(by_name.get(name, {})) if sources.get(name) == REVIEWER else None
+
+    dim = _choice(by_name.get(DIMENSION, {}))
     return Verdict(
         item_id=item_id,
         reviewer=reviewer,
-        needs_image=_yes_no(_choice(by_name.get(NEEDS_IMAGE, {}))),
-        dimension=_choice(by_name.get(DIMENSION, {})),
-        key_correct=_yes_no(_choice(by_name.get(KEY_CORRECT, {}))),
+        needs_image=_yes_no(decided(NEEDS_IMAGE)),
+        dimension=decided(DIMENSION),
+        key_correct=_yes_no(decided(KEY_CORRECT)),
         corrected_key=_choice(by_name.get(CORRECTED_KEY, {})),
         comment=comment or None,
         annotation_id=annotation.get("id"),
+        sources={k: v for k, v in sorted(sources.items()) if k in (NEEDS_IMAGE, KEY_CORRECT, DIMENSION, CORRECTED_KEY)},
+        suggested_dimension=dim if sources.get(DIMENSION) == SUGGESTION else None,
     )
 
 
@@ -185,25 +228,45 @@ def agreement(verdicts: dict[str, list[Verdict]]) -> dict[str, Any]:
             "all_agree_share": round(sum(len(set(r)) == 1 for r in multi) / len(multi), 4) if multi else None,
             "cohen_kappa_pairs": cohen_pairs(dict(by_reviewer)),
         }
+    report["provenance"] = provenance(verdicts)
     return report
 
 
+def provenance(verdicts: dict[str, list[Verdict]]) -> dict[str, dict[str, int]]:
+    """Per question: how many answers reviewers gave themselves, how many were accepted suggestions."""
+    names = {"needs_image": NEEDS_IMAGE, "key_correct": KEY_CORRECT, "dimension": DIMENSION}
+    out = {q: {REVIEWER: 0, SUGGESTION: 0, "unanswered": 0} for q in names}
+    for vs in verdicts.values():
+        for v in vs:
+            for q, name in names.items():
+                out[q][v.sources.get(name, "unanswered")] += 1
+    return out
+
+
 # -- decision ----------------------------------------------------------------------------
-def _majority_dimension(vs: list[Verdict], suggested: str | None, taxonomy: Taxonomy) -> tuple[str | None, float | None]:
+def _majority_dimension(vs: list[Verdict], suggested: str | None, taxonomy: Taxonomy) -> tuple[str | None, float | None, str | None]:
+    """(dimension, share, source): the reviewers' own picks; accepted suggestions only when none exists."""
+    source = REVIEWER
     votes = Counter(v.dimension for v in vs if v.dimension)
     if not votes:
-        return None, None
+        votes, source = Counter(v.suggested_dimension for v in vs if v.suggested_dimension), SUGGESTION
+    if not votes:
+        return None, None, None
     top = max(votes.values())
     tied = [d for d, n in votes.items() if n == top]
     order = {d.name: i for i, d in enumerate(taxonomy.dimensions)}
     pick = suggested if suggested in tied else min(tied, key=lambda d: (order.get(d, len(order)), d))
-    return pick, round(top / len(vs), 4)
+    return pick, round(top / len(vs), 4), source
+
+
+def _verdict_json(vs: list[Verdict]) -> str:
+    return json.dumps([{k: val for k, val in vars(x).items() if k != "item_id"} for x in vs], ensure_ascii=False)
 
 
 def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, taxonomy: Taxonomy) -> dict[str, Any]:
     """Review columns for one item from its verdicts (see module docstring for the rule)."""
     n = len(vs)
-    dim, share = _majority_dimension(vs, suggested, taxonomy)
+    dim, share, dim_source = _majority_dimension(vs, suggested, taxonomy)
     wrong = [v for v in vs if v.key_correct is False]
     fixes = Counter(v.corrected_key for v in wrong if v.corrected_key)
     row = {
@@ -215,7 +278,10 @@ def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, ta
         "review_dimension": dim,
         "review_capability": taxonomy.capability_of(dim) if dim in {d.name for d in taxonomy.dimensions} else None,
         "review_dimension_share": share,
-        "review_verdicts": json.dumps([{k: v for k, v in vars(x).items() if k != "item_id"} for x in vs], ensure_ascii=False),
+        "review_verdicts": _verdict_json(vs),
+        "review_n_decided": sum(v.decided() for v in vs),
+        "review_suggestions_accepted": sum(src == SUGGESTION for v in vs for src in v.sources.values()),
+        "review_dimension_source": dim_source,
     }
     text_ok = [v for v in vs if v.needs_image is False]
     incomplete = [v for v in vs if v.needs_image is None or v.key_correct is None]
@@ -233,7 +299,7 @@ def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, ta
         status, reason = "dropped", "reviewer_" + "+".join(reasons)
     elif incomplete:
         status, reason = "quarantined", "incomplete_verdict"
-        details.append(", ".join(v.reviewer for v in incomplete) + " left 'needs the image' or 'key correct' unanswered")
+        details.append(", ".join(v.reviewer for v in incomplete) + " left 'needs the image' or 'key correct' unanswered (an accepted pre-filled answer is not a decision)")
     else:
         status, reason = "kept", "reviewers_agree"
         details.append(f"all {n} reviewers: needs the image, key correct; dimension {dim!r}")
@@ -286,11 +352,12 @@ def decide(
     return PullResult(table, ledger_df, agreement(verdicts), counts)
 
 
-def pull(workdir: str | Path, client: ReviewClient, project: str, *, min_reviewers: int = DEFAULT_MIN_REVIEWERS) -> PullResult:
+@workspace_command("review pull")
+def pull(workdir: str | Path, client: ReviewClient, project: str, *, min_reviewers: int = DEFAULT_MIN_REVIEWERS, stage: str | None = None) -> PullResult:
     """Export the project's annotations, decide every item, write ``reviewed.parquet``, the ledger
-    rows of the ``review`` stage and ``review_agreement.json``."""
+    rows of the ``review`` stage and ``review_agreement.json``. ``stage``: the one pushed."""
     ws = Workspace(workdir)
-    stage = ws.read(review_stage(ws))
+    stage = ws.read(review_stage(ws, stage))
     pid = client.project_id(project)
     result = decide(stage, client.export(pid), client.user_emails(), min_reviewers=min_reviewers)
     ws.write("reviewed", result.table)

@@ -80,7 +80,7 @@ def test_round_trip_three_reviewers_every_decision(label_studio, screened_ws):
     assert not any(f"MMBench_samples:{i}" in by_item for i in range(6))  # blind and rule-dropped stay out
     full = sdk(label_studio).tasks.get(id=by_item["MMBench_samples:7"].id)
     pred = {r["from_name"]: r["value"]["choices"][0] for r in full.predictions[0].result}
-    assert pred == {"dimension": "recognition", "needs_image": "yes"}  # 7 % 3 = 1 hit of 8
+    assert pred == {"dimension": "recognition"}  # the central questions are never pre-answered
 
     ls = sdk(label_studio)
     users = {name: ls.users.create(username=name, email=f"{name}@review.test").id for name in ("ann", "bob", "cy")}
@@ -99,6 +99,8 @@ def test_round_trip_three_reviewers_every_decision(label_studio, screened_ws):
     st = client.status(pid, "round trip")
     assert (st.tasks, st.annotated, st.annotations) == (48, 6, 17)
     assert st.per_annotator == {"ann@review.test": 6, "bob@review.test": 6, "cy@review.test": 5}
+    assert len(st.short_items) == 48 - 5 and st.short_reviewers["MMBench_samples:9"] == ["ann@review.test", "bob@review.test"]
+    assert st.remaining("cy@review.test") == 43
 
     result = pull(screened_ws, client, "round trip", min_reviewers=3)
     reviewed = pl.read_parquet(screened_ws / "reviewed.parquet")
@@ -118,7 +120,10 @@ def test_round_trip_three_reviewers_every_decision(label_studio, screened_ws):
     assert json.loads(r["11"]["review_verdicts"])[0] == {
         "reviewer": "ann@review.test", "needs_image": False, "dimension": "recognition", "key_correct": False,
         "corrected_key": "A", "comment": "ann on 11", "annotation_id": json.loads(r["11"]["review_verdicts"])[0]["annotation_id"],
+        "sources": {"corrected_key": "reviewer", "dimension": "reviewer", "key_correct": "reviewer", "needs_image": "reviewer"},
+        "suggested_dimension": None,
     }
+    assert r["11"]["review_n_decided"] == 3 and r["11"]["review_suggestions_accepted"] == 0
 
     ledger = Workspace(screened_ws).ledger().filter(pl.col("stage") == "review")
     assert ledger.height == 48
@@ -162,6 +167,23 @@ def test_cli_push_status_pull_print_no_token_and_fail_in_one_line(label_studio, 
     assert none.returncode == 2 and "no Label Studio API token" in none.stderr
 
 
+def test_a_replacement_pick_is_pushed_alone_and_the_rest_is_not_pushed_again(label_studio, shared_data, tmp_path):
+    """MMStar's loop: a reviewer rejects a balanced pick, `balance --replace` swaps in a same-cell item."""
+    ws = mmbench_workspace(shared_data, tmp_path / "replace")
+    items = Workspace(ws).read("items")
+    Workspace(ws).write("balanced", items.head(10))
+    client = ReviewClient(label_studio.url, label_studio.token)
+    first = push_workspace(ws, client, "replace", stage="balanced")
+    assert (first.pushed, first.already) == (10, 0)
+    rejected = items["item_id"][3]
+    Workspace(ws).write("balanced", pl.concat([items.head(10).filter(pl.col("item_id") != rejected), items.slice(20, 1)]))
+    again = push_workspace(ws, client, "replace", stage="balanced")
+    assert (again.pushed, again.already, again.total) == (1, 9, 10)
+    assert len(_tasks(label_studio, first.project_id)) == 11  # the rejected task stays (with its verdicts); nothing duplicated
+    with pytest.raises(UserError, match="--stage"):
+        push_workspace(ws, client, "replace", stage="nonsense")
+
+
 def test_a_foreign_project_with_our_title_is_refused(label_studio, shared_data, tmp_path):
     sdk(label_studio).projects.create(
         title="someone else's", label_config='<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="x"/></Choices></View>'
@@ -171,7 +193,7 @@ def test_a_foreign_project_with_our_title_is_refused(label_studio, shared_data, 
         client.ensure_project("someone else's")
     from curate.taxonomy import load_taxonomy
 
-    client.ensure_project("other taxonomy", labeling_config(load_taxonomy(), letters="ABCD"))
+    client.ensure_project("other taxonomy", labeling_config(load_taxonomy()).replace("Comment (optional)", "Remarks"))  # an older config of ours
     with pytest.raises(UserError, match="different taxonomy or config version"):
         client.ensure_project("other taxonomy")
 

@@ -10,13 +10,21 @@ import xml.etree.ElementTree as ET
 import polars as pl
 import pytest
 
-from annotation.config import CONTROLS, dimension_choices, is_ours, labeling_config
+from annotation.config import (
+    CONTROLS,
+    MARKER,
+    dimension_choices,
+    hotkeys,
+    is_ours,
+    labeling_config,
+)
 from annotation.tasks import (
     ImagePlan,
     item_to_task,
     local_file_url,
     member_columns,
     needs_image_guess,
+    options_html,
     options_text,
     plan_images,
     review_mask,
@@ -41,12 +49,29 @@ def test_config_lists_the_18_dimensions_grouped_by_capability_in_taxonomy_order(
     root = ET.fromstring(xml)
     dims = next(el for el in root.iter("Choices") if el.get("name") == "dimension")
     groups = [(g.find("Header").get("value"), [c.get("value") for c in g.iter("Choice")]) for g in dims.findall("View")]
-    assert groups == [(c.name, [d.name for d in c.dimensions]) for c in tax.capabilities]
+    assert groups == [(f"{i}. {c.name}", [d.name for d in c.dimensions]) for i, c in enumerate(tax.capabilities, 1)]
     names = {el.get("name"): el for el in root.iter() if el.get("toName")}
     assert set(CONTROLS) == set(names)
-    assert [c.get("value") for c in names["corrected_key"].iter("Choice")] == list("ABCDEFGHIJ")
-    assert root.find("Image").get("valueList") == "$images"  # several images per task
+    # the corrected key offers the item's own letters (dynamic choices), never a fixed A-J
+    assert names["corrected_key"].get("value") == "$letter_choices" and not list(names["corrected_key"].iter("Choice"))
+    assert [el.get("name") for el in root.iter("HyperText")][:1] == ["images"]  # images side by side, numbered
     assert is_ours(xml) and not is_ours('<View><Text name="t" value="$t"/></View>') and not is_ours("not xml <")
+    # plain words only: no internal title, no bare "Hint" header
+    headers = [el.get("value") for el in root.iter("Header")]
+    assert not any(MARKER in h or h == "Hint" for h in headers)
+
+
+def test_every_choice_has_its_own_hotkey_and_no_key_does_two_things():
+    xml = labeling_config()
+    root = ET.fromstring(xml)
+    assert all(c.get("hotkey") for c in root.iter("Choice"))  # LS would assign one to any Choice without
+    keys = hotkeys(xml)
+    assert {k: v for k, v in keys.items() if len(v) > 1} == {}
+    assert keys["y"] == ["needs_image/yes"] and keys["n"] == ["needs_image/no"]
+    assert keys["k"] == ["key_correct/yes"] and keys["x"] == ["key_correct/no"]
+    assert keys["1"] == ["dimension/image scene and topic"] and keys["shift+9"] == ["dimension/numeric commonsense and calculation"]
+    # option letters (a-j, the corrected key's hotkeys) are free of any static control
+    assert not set("abcdefghij") & set(keys)
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -61,28 +86,36 @@ def test_task_carries_the_item_image_bytes_and_marks_the_key(mmbench):
     key_line = [line for line in data["options_text"].splitlines() if line.endswith("<-- KEY")]
     assert key_line == [f"{row['answer']}. {row['options']['ABCD'.index(row['answer'])]}   <-- KEY"]
     assert options_text(["x", "y"], "b") == "A. x\nB. y   <-- KEY"
+    assert options_html(["x", "y"], "b") == '<ul class="mmc-opts"><li><b>A.</b> x</li><li class="mmc-key"><b>B.</b> y<span class="mmc-keytag">KEY</span></li></ul>'
+    assert data["letter_choices"] == [{"value": L, "hotkey": L.lower()} for L in "ABCD"[: len(row["options"])]]
+    assert data["hint_html"] == ("" if not row["hint"] else data["hint_html"])
+    assert data["images_html"].count("<figure>") == 1 and 'background-image: url(&quot;data:image/jpeg;base64,' in data["images_html"]
     assert "predictions" not in task  # MMBench samples have no dimension and no screening: nothing to suggest
 
 
-def test_predictions_use_l2_category_then_the_classifier_column_and_the_hit_share(mmbench):
+def test_predictions_suggest_only_the_dimension_with_its_real_probability(mmbench):
     rows = mmbench.head(3).with_columns(
         l2_category=pl.Series([None, "recognition", "no such dimension"]),
         suggested_l2_category=pl.Series(["image emotion", "localization", "geometry"]),
+        suggested_l2_score=pl.Series([0.41, 0.9, None]),
         hits=pl.Series([0, 1, 5]),
         n_members=pl.Series([8, 8, 8]),
         answer__smollm2=pl.Series(["A", "B", "C"]),
         hit__smollm2=pl.Series([True, False, None]),
+        n_solvers=pl.Series([2, None, None]),
+        n_models=pl.Series([16, None, None]),
     )
     tasks = [item_to_task(r, ImagePlan("inline"), members=member_columns(rows.columns)) for r in rows.iter_rows(named=True)]
     got = [{r["from_name"]: r["value"]["choices"][0] for r in t["predictions"][0]["result"]} for t in tasks]
-    assert got == [
-        {"dimension": "image emotion", "needs_image": "yes"},
-        {"dimension": "recognition", "needs_image": "yes"},  # 1/8 hits: still guessed to need the image
-        {"dimension": "geometry", "needs_image": "no"},  # invalid l2 ignored; 5/8 hits
-    ]
+    # the central questions are never pre-answered, whatever the panel did
+    assert got == [{"dimension": "image emotion"}, {"dimension": "recognition"}, {"dimension": "geometry"}]
+    assert [t["predictions"][0].get("score") for t in tasks] == [0.41, None, None]  # no made-up 100 %
     assert "0 of 8 text-only panel members" in tasks[0]["data"]["evidence"]
     assert "smollm2: A (correct)" in tasks[0]["data"]["evidence"]
     assert "smollm2: B (wrong)" in tasks[1]["data"]["evidence"]
+    ev = tasks[0]["data"]["evidence_html"]
+    assert "Solved by 2 of 16 vision models" in ev and "probability 0.41" in ev and ">smollm2<" in ev
+    assert "vision models" not in tasks[1]["data"]["evidence_html"]
     assert needs_image_guess({"hits": None, "n_members": None}) is None
 
 
@@ -106,17 +139,18 @@ def test_local_files_refuse_paths_outside_the_workspace(tmp_path):
         item_to_task(row, ImagePlan("local", ws.resolve()))
 
 
-def test_auto_image_mode_inlines_small_pools_and_writes_large_ones_into_the_workspace(mmbench, tmp_path, monkeypatch):
-    assert plan_images(mmbench, "auto", tmp_path).mode == "inline"
-    import annotation.tasks as tasks_mod
-
-    monkeypatch.setattr(tasks_mod, "INLINE_LIMIT_BYTES", 1000)
+def test_auto_image_mode_serves_workspace_files_when_our_server_reads_them(mmbench, tmp_path):
+    assert plan_images(mmbench, "auto", None).mode == "inline"
+    assert plan_images(mmbench, "auto", tmp_path).mode == "inline"  # no server of ours reads this workspace
+    (tmp_path / ".label_studio").mkdir()
+    (tmp_path / ".label_studio" / "server.json").write_text(json.dumps({"url": "http://127.0.0.1:1", "pid": os.getpid()}))
     plan = plan_images(mmbench, "auto", tmp_path)
-    assert plan.mode == "local"
+    assert plan.mode == "local"  # HyperText drops data: URIs, so the reviewer's page needs files
     task = item_to_task(mmbench.row(0, named=True), plan)
     url = task["data"]["images"][0]
     rel = url.split("?d=", 1)[1]
     assert (tmp_path / rel).read_bytes() == mmbench.row(0, named=True)["images"][0]["bytes"]
+    assert task["data"]["images_html"].count("<figure>") == 1 and "Image 1" in task["data"]["images_html"]
 
 
 def test_review_mask_keeps_unscreened_items_and_drops_blind_and_rule_dropped():
@@ -218,3 +252,43 @@ def test_generated_secret_is_private_and_never_shown(tmp_path, monkeypatch):
     assert resolve_token(tmp_path) == secret.token
     with pytest.raises(UserError, match="no Label Studio API token"):
         resolve_token(tmp_path / "elsewhere")
+
+
+def test_accepted_suggestions_are_recorded_and_never_count_as_a_reviewers_decision():
+    """Label Studio marks an answer submitted straight from a pre-annotation with origin "prediction"."""
+    stage = pl.DataFrame({"item_id": ["s", "m"], "source_file": ["f.tsv"] * 2, "row": [1, 2], "suggested_l2_category": ["geometry", "geometry"]})
+    emails = {1: "ann@x", 2: "bob@x", 3: "cy@x"}
+
+    def ann(i, who, *, needs_origin="manual", dim="geometry", dim_origin="prediction"):
+        return {"id": i, "completed_by": who, "updated_at": "2026-01-01T00:00:00Z", "result": [
+            {"from_name": "needs_image", "origin": needs_origin, "value": {"choices": ["yes"]}},
+            {"from_name": "key_correct", "origin": "manual", "value": {"choices": ["yes"]}},
+            {"from_name": "dimension", "origin": dim_origin, "value": {"choices": [dim]}},
+        ]}
+
+    tasks = [
+        # s: everyone accepted the suggested dimension; cy's "needs the image" was a pre-filled answer
+        {"data": {"item_id": "s"}, "annotations": [ann(1, 1), ann(2, 2), ann(3, 3, needs_origin="prediction")]},
+        # m: bob changed the dimension himself; his pick is the only decided one and wins
+        {"data": {"item_id": "m"}, "annotations": [ann(4, 1), ann(5, 2, dim="recognition", dim_origin="prediction-changed"), ann(6, 3)]},
+    ]
+    res = decide(stage, tasks, emails, min_reviewers=3)
+    t = {r["item_id"]: r for r in res.table.iter_rows(named=True)}
+    assert (t["s"]["review_status"], t["s"]["review_reason"], t["s"]["review_n_decided"]) == ("quarantined", "incomplete_verdict", 2)
+    assert t["s"]["review_needs_image"] is False  # cy did not decide it
+    assert (t["s"]["review_dimension"], t["s"]["review_dimension_source"], t["s"]["review_suggestions_accepted"]) == ("geometry", "suggestion", 4)
+    assert (t["m"]["review_status"], t["m"]["review_dimension"], t["m"]["review_dimension_source"]) == ("kept", "recognition", "reviewer")
+    cy = json.loads(t["s"]["review_verdicts"])[2]
+    assert cy["sources"] == {"dimension": "suggestion", "key_correct": "reviewer", "needs_image": "suggestion"} and cy["needs_image"] is None
+    assert res.agreement["provenance"]["needs_image"] == {"reviewer": 5, "suggestion": 1, "unanswered": 0}
+    assert res.agreement["provenance"]["dimension"] == {"reviewer": 1, "suggestion": 5, "unanswered": 0}
+
+
+def test_reviewer_logins_are_private_and_stable(tmp_path):
+    from annotation.server import save_reviewer_logins
+
+    path = save_reviewer_logins(tmp_path, ["ann@x", "bob@x"])
+    first = json.loads(path.read_text())
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and set(first) == {"ann@x", "bob@x"} and first["ann@x"] != first["bob@x"]
+    again = json.loads(save_reviewer_logins(tmp_path, ["bob@x", "cy@x"]).read_text())
+    assert again["ann@x"] == first["ann@x"] and again["bob@x"] == first["bob@x"] and "cy@x" in again
