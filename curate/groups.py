@@ -13,9 +13,8 @@ Columns added (an existing ``group_id`` / ``group_reason`` is overwritten):
 * ``group_id`` (String): the ``item_id`` of the group's first member in table order; a
   singleton's ``group_id`` is its own ``item_id``.
 * ``group_reason`` (String): the rules that linked the group, comma-joined in the order
-  ``circular_copy, same_image_question, same_text_no_image, translation``; a rule is named
-  only when it joined items the rules before it had not (circular copies of a text-only item
-  also meet rule (c), and are reported as ``circular_copy`` alone); null for singletons.
+  ``circular_copy, same_image_question, translation``; a rule is named only when it joined
+  items the rules before it had not; null for singletons.
 
 Normalised text (questions, hints, options): NFKC, lower-cased with ``str.casefold``'s extra
 foldings for these scripts (``ß`` -> ``ss``, final ``ς`` -> ``σ``), whitespace runs collapsed
@@ -35,28 +34,27 @@ of that question are one group):
 (b) ``same_image_question``: the same non-empty image sequence and the same normalised
     question, within or across sources. Several *different* questions about one picture (AI2D
     asks up to 8 per diagram) are never linked by sharing the image alone.
-(c) ``same_text_no_image``: both items without any image; the same normalised question, hint,
-    option multiset and key -- exactly what a text-only panel sees and is scored on, so the
-    copies' verdicts are provably the same. Hint and key are required beyond "question and
-    options" because template questions ("How many people are in the image?" with options
-    1-4) recur with different answers, and a verdict must never be copied across keys. Items
-    of a text-only pool that agree on all four are one question *as far as the pool shows*
-    (they may have had different pictures; nothing in the pool tells them apart).
-(d) ``translation``: the same non-empty image sequence, the same number of options, the same
+Items without an image are never linked by their text alone: a text-only file (a VLMEvalKit result
+xlsx, MathVista's JSON without its image folder, MMStar's submission file) repeats template questions
+("What is the dominant color in the image?" with the same options and key) about *different* pictures
+it does not carry -- 161 of MMStar's own 1,500 items would read as copies. Only rule (a), which rests
+on the index structure, groups text-only items.
+
+(c) ``translation``: the same non-empty image sequence, the same number of options, the same
     answer letter, and questions whose dominant script differs (Latin, Han, Japanese = any
     kana, Hangul, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai; a question with none of
     these letters has no script and is never a translation). Only unambiguous matches link:
     among the items of one (image sequence, option count, answer letter), a script links
-    only when its items all belong to one group under (a)-(c); a script with two candidate
+    only when its items all belong to one group under (a)-(b); a script with two candidate
     groups (two different questions with the same answer letter) stays out. Applied after
-    (a)-(c), so circular copies and their translations merge.
+    (a)-(b), so circular copies and their translations merge.
 
 Measured on the real files (``tests/test_groups.py``): MMBench_samples.tsv (20 English, 20
 Chinese on the same images, 14 CCBench) -> 20 translation pairs, 14 singletons (CCBench asks
 "左图是谁的作品?" with the same options about two paintings: two questions); the same with
 VLMEvalKit-style circular copies added -> still 34 groups; AI2D_TEST_sub309 (69 diagrams, nearly
-every one asked about several times) -> no group; MathVista_testmini.json (no images) -> 3 pairs
-with the same question, options and key; MMBench_DEV_llava13b.xlsx (text only, three quarters of
+every one asked about several times) -> no group; MathVista_testmini.json (no images) -> no group,
+though pids 107/663, 224/715 and 308/661 repeat question, options and key (about other figures); MMBench_DEV_llava13b.xlsx (text only, three quarters of
 its rows CircularEval copies) -> every copy in its original's group, never two keys in a group.
 
 Everything is polars group-bys and sparse connected components: SEED-Bench's 14,232 rows take
@@ -73,10 +71,10 @@ import polars as pl
 from curate.schema import LETTERS
 
 #: Rule names, in the order ``group_reason`` lists them.
-REASONS = ("circular_copy", "same_image_question", "same_text_no_image", "translation")
+REASONS = ("circular_copy", "same_image_question", "translation")
 #: VLMEvalKit's CircularEval index stride (MMBench): copy k of index i is i + k * CIRCULAR_STRIDE.
 CIRCULAR_STRIDE = 1_000_000
-#: Scripts whose letters decide a question's language family for rule (d).
+#: Scripts whose letters decide a question's language family for rule (c).
 SCRIPTS = ("Latin", "Han", "Hangul", "Cyrillic", "Greek", "Arabic", "Hebrew", "Devanagari", "Thai")
 #: Columns whose shared values make items one unit for ``balance`` (copies and near-duplicates).
 UNIT_COLUMNS = ("group_id", "near_duplicate_group")
@@ -141,7 +139,7 @@ def _keys(df: pl.DataFrame) -> pl.DataFrame:
         source.alias("_source"),
         base.alias("_base"),
         normalise(question).alias("_q"),
-        question.fill_null("").alias("_question"),  # its script is read only where rule (d) can apply
+        question.fill_null("").alias("_question"),  # its script is read only where rule (c) can apply
         normalise(hint).alias("_hint"),
         multiset.alias("_opts"),
         n_opts.alias("_nopt"),
@@ -183,7 +181,7 @@ def _first_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _translation_links(keys: pl.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rule (d): unambiguous cross-script matches on one image sequence, option count and letter."""
+    """Rule (c): unambiguous cross-script matches on one image sequence, option count and letter."""
     by = ["_img", "_nopt", "_letter"]
     t = keys.with_columns(pl.Series("_root", labels)).filter(
         pl.col("_img").is_not_null() & ~pl.col("_img").str.starts_with("?") & pl.col("_letter").is_not_null()
@@ -213,10 +211,6 @@ def assign_groups(df: pl.DataFrame) -> pl.DataFrame:
         "same_image_question": _links(
             keys, filled(pl.col("_img").is_not_null(), ~pl.col("_img").str.starts_with("?").fill_null(True), pl.col("_q") != ""),
             ["_img", "_q"],
-        ),
-        "same_text_no_image": _links(
-            keys, filled(pl.col("_no_image"), pl.col("_q") != "", pl.col("_opts").is_not_null(), pl.col("_key").is_not_null()),
-            ["_q", "_hint", "_opts", "_key"],
         ),
     }
     rules["translation"] = _translation_links(keys, _components(n, list(rules.values())))

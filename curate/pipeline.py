@@ -170,7 +170,7 @@ def _review(cfg: PipelineConfig, ws, console: Console) -> bool | None:
     from annotation.verdicts import pull
 
     client = connect(cfg.workdir, url)
-    pushed = push_workspace(cfg.workdir, client, cfg.review_project)
+    pushed = push_workspace(cfg.workdir, client, cfg.review_project, reviewers=cfg.min_reviewers)
     console.print(f"pushed to {url}: {pushed.pushed} new tasks, {pushed.already} already there", highlight=False)
     result = pull(cfg.workdir, client, cfg.review_project, min_reviewers=cfg.min_reviewers)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
