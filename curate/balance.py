@@ -45,6 +45,7 @@ import polars as pl
 from curate.errors import UserError
 from curate.groups import ensure_groups, linked_groups, no_image_expr
 from curate.taxonomy import Taxonomy, default_taxonomy
+from curate.workspace import workspace_command
 
 #: MMStar's difficulty levels, by how many of its vision models solved an item.
 DIFFICULTY_LEVELS = ("easy", "moderate", "hard", "tough")
@@ -611,6 +612,7 @@ def _ledger_rows(items: pl.DataFrame, pool: pl.DataFrame, selected: pl.DataFrame
     )
 
 
+@workspace_command("balance")
 def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: int = 0, strict: bool = False,
                       source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False) -> BalanceResult:
     """Balance the newest of reviewed / screened / items; write ``balanced.parquet`` and the ledger.
@@ -651,6 +653,7 @@ def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: 
     return BalanceResult(stage, selected, shortfall, [str(w.message) for w in caught], suggested)
 
 
+@workspace_command("balance")
 def replace_in_workspace(workdir, item_id: str, *, seed: int = 0,
                          source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False) -> Replacement:
     """Replace one item of ``balanced.parquet`` (MMStar's rule) and record both sides in the ledger."""

@@ -12,8 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-
+from curate.console import safe as escape  # markup escaped and control characters shown: data reaches error lines
 from curate.errors import UserError
 
 app = typer.Typer(
@@ -23,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)
 
 
 def version() -> str:
@@ -47,8 +46,14 @@ def _print_version(value: bool) -> None:
 def _main_options(
     show_version: Annotated[Optional[bool], typer.Option("--version", help="Print the version and exit.",
                                                          callback=_print_version, is_eager=True)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="When another mmcurate process is changing the workspace, wait "
+                                                      "for it instead of stopping (also MMCURATE_WAIT=1).")] = False,
 ) -> None:
     """Build and audit vision-dependent multimodal benchmarks (MMStar's recipe)."""
+    if wait:
+        from curate import workspace
+
+        workspace.LOCK_WAIT = True
 
 
 def _register_all() -> None:

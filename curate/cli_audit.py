@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
-from curate.console import log_console
+from curate.console import log_console, safe
 
 from curate.errors import UserError
 
@@ -61,7 +61,7 @@ def audit_cmd(
     for col in ("source", "items", "blind", "share", "chance"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for name, g in summary["by_source"].items():
-        table.add_row(name, str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(g.get("chance_blind")))
+        table.add_row(safe(name), str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(g.get("chance_blind")))
     out.print(table)
     for name, m in summary.get("members", {}).items():
         if m.get("throughput"):
@@ -71,7 +71,7 @@ def audit_cmd(
     if summary.get("compare"):
         c = summary["compare"]
         out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")
-    out.print(f"report: {Path(report) / 'report.html'}  summary: {Path(report) / 'summary.json'}")
+    out.print(f"report: {safe(Path(report) / 'report.html')}  summary: {safe(Path(report) / 'summary.json')}")
 
 
 def _parse_shots(pairs: list[str] | None) -> dict[str, int]:
@@ -120,7 +120,7 @@ def metrics_cmd(
     if as_json:
         print(json.dumps(report.to_dict(), ensure_ascii=False))
         for w in report.warnings:
-            err.print(f"[yellow]warning:[/] {w}", highlight=False)
+            err.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
         return
     cols = [k for k in ("S_v", "S_wv", "S_t", "MG", "ML") if k in report.overall]
     table = Table(title=f"MMStar metrics (%), matcher {report.matcher}, {report.n_items} items")
@@ -132,16 +132,16 @@ def metrics_cmd(
     table.add_row("[bold]overall[/]", str(report.n_items), *[f"[bold]{fmt(report.overall.get(c))}[/]" for c in cols])
     for title, groups in (("category", report.by_category), ("dimension", report.by_l2_category)):
         for name, row in groups.items():
-            table.add_row(f"{title}: {name}", str(row["n"]), *[fmt(row.get(c)) for c in cols])
+            table.add_row(f"{title}: {safe(name)}", str(row["n"]), *[fmt(row.get(c)) for c in cols])
     out.print(table)
     files = Table(title="runs")
     for c in ("run", "file", "shots", "items", "unextractable"):
         files.add_column(c)
     for name, r in report.runs.items():
-        files.add_row(name, r["file"], "?" if r["shots"] is None else f"{r['shots']} ({r['shots_source']})", str(r["n"]), str(r["unextractable"]))
+        files.add_row(safe(name), safe(r["file"]), "?" if r["shots"] is None else f"{r['shots']} ({r['shots_source']})", str(r["n"]), str(r["unextractable"]))
     out.print(files)
     for w in report.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
 
 
 def difficulty_cmd(
@@ -157,7 +157,7 @@ def difficulty_cmd(
         warnings.simplefilter("always")
         runs = [read_predictions(p) for p in predictions]
         result = write_difficulty(workdir, runs, matcher="option_text" if option_text else "mmstar", source=source)
-    table = Table(title=f"difficulty from {result['n_models']} model(s) -> {result['path']}")
+    table = Table(title=f"difficulty from {result['n_models']} model(s) -> {safe(result['path'])}")
     table.add_column("bin")
     table.add_column("items", justify="right")
     for name, n in result["bins"].items():
@@ -165,4 +165,4 @@ def difficulty_cmd(
     table.add_row("(no predictions)", str(result["unmatched"]))
     out.print(table)
     for w in caught:
-        err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        err.print(f"[yellow]warning:[/] {safe(w.message)}", highlight=False)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from curate.console import log_console
+from curate.console import log_console, safe
 
 out = log_console()
 
@@ -34,9 +34,9 @@ def suggest_cmd(
         score = cross_validate_suggester(df, use_category=False, seed=seed) if cv else None
     counts = df.group_by("suggested_by").len().sort("len", descending=True)
     out.print(f"{stage}.parquet: suggestions added to {df.height} items: "
-              + ", ".join(f"{n} from {by}" for by, n in counts.iter_rows()), highlight=False)
+              + ", ".join(f"{n} from {safe(by)}" for by, n in counts.iter_rows()), highlight=False)
     for w in {str(w.message) for w in caught}:
-        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        out.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
     if score is not None:
         out.print(f"cross-validated: {score}", highlight=False)
 
@@ -64,7 +64,7 @@ def balance_cmd(
             sys.stdout.write(json.dumps({"removed": rep.removed, "added": rep.added, "selected": rep.selected.height,
                                          "output": f"{workdir}/balanced.parquet"}) + "\n")
         else:
-            out.print(f"replaced {rep.removed} with {rep.added} in {workdir}/balanced.parquet", highlight=False)
+            out.print(f"replaced {safe(rep.removed)} with {safe(rep.added)} in {safe(workdir)}/balanced.parquet", highlight=False)
         return
     with (log_console(stderr=True) if as_json else out).status("solving the selection (HiGHS)"):  # stdout: only the JSON
         res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap, allow_no_image=allow_no_image)
@@ -80,10 +80,10 @@ def print_balance(res, workdir, console: Console) -> None:
         console.print("some items had no dimension: suggested ones were used (run `mmcurate suggest` to keep them)")
     console.print(_counts(res.selected))
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
     if res.shortfall.height:
         console.print(_shortfall(res.shortfall))
-    console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {workdir}/balanced.parquet", highlight=False)
+    console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {safe(workdir)}/balanced.parquet", highlight=False)
 
 
 def balance_summary(res, workdir) -> dict:
@@ -105,7 +105,7 @@ def _counts(df) -> Table:
     for c in ("capability", "dimension", "items"):
         t.add_column(c, justify="right" if c == "items" else "left")
     for cap, dim, n in df.group_by("category", "l2_category", maintain_order=True).len().iter_rows():
-        t.add_row(cap, dim, str(n))
+        t.add_row(safe(cap), safe(dim), str(n))
     return t
 
 
@@ -114,7 +114,7 @@ def _shortfall(df) -> Table:
     for c in df.columns:
         t.add_column(c, justify="right" if c in ("wanted", "available", "chosen") else "left")
     for row in df.iter_rows():
-        t.add_row(*["(total)" if v is None else str(v) for v in row])
+        t.add_row(*["(total)" if v is None else safe(v) for v in row])
     return t
 
 
@@ -143,8 +143,6 @@ def export_cmd(
 
     from curate.check import CheckResult
     from curate.cli_check import print_check
-    from rich.markup import escape
-
     from curate.export import ExportRefused, export_release
 
     card = {k: v for k, v in (("license", license), ("license_name", license_name), ("license_link", license_link)) if v}
@@ -164,7 +162,7 @@ def export_cmd(
         return
     for p in res.problems:
         label = "[yellow]warning:[/]" if p.severity == "warning" else "[red]ignored error (--ignore-check):[/]"
-        out.print(f"{label} {p.code}: {escape(p.message)}", highlight=False, soft_wrap=True)
-    out.print(f"multi-image items: {escape(res.notes[0])}", highlight=False)
-    out.print(f"{res.stage}.parquet -> {res.path} ({fmt}, profile {profile}, {res.items} items, dataset card in "
-              f"{res.path}/README.md)", highlight=False)
+        out.print(f"{label} {p.code}: {safe(p.message)}", highlight=False, soft_wrap=True)
+    out.print(f"multi-image items: {safe(res.notes[0])}", highlight=False)
+    out.print(f"{res.stage}.parquet -> {safe(res.path)} ({fmt}, profile {profile}, {res.items} items, dataset card in "
+              f"{safe(res.path)}/README.md)", highlight=False)

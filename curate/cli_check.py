@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from curate.console import log_console
+from curate.console import log_console, safe
 
 out = log_console()
 
@@ -42,13 +42,13 @@ def print_check(result) -> None:
     errors = sum(p.severity == "error" for p in result.problems)
     warnings = len(result.problems) - errors
     if result.problems:
-        table = Table(title=f"check {result.what}")
+        table = Table(title=f"check {safe(result.what)}")
         for col in ("severity", "code", "items", "problem"):
             table.add_column(col, justify="right" if col == "items" else "left", overflow="fold")
         for p in result.problems:
             style = "red" if p.severity == "error" else "yellow"
-            table.add_row(f"[{style}]{p.severity}[/]", p.code, str(len(p.item_ids)), p.message)
+            table.add_row(f"[{style}]{p.severity}[/]", safe(p.code), str(len(p.item_ids)), safe(p.message))
         out.print(table)
     verdict = "[green]ok[/]" if errors == 0 else "[bold red]not releasable[/]"
-    out.print(f"{verdict}: {result.items} items checked in {result.what}, {errors} error(s), {warnings} warning(s)",
+    out.print(f"{verdict}: {result.items} items checked in {safe(result.what)}, {errors} error(s), {warnings} warning(s)",
               highlight=False)

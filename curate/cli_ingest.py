@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from curate.console import log_console
+from curate.console import clean, log_console, safe
 
 out = log_console()
 
@@ -49,7 +49,7 @@ def ingest_cmd(
         return
     for table in ingest_tables(result):
         out.print(table)
-    out.print(f"{result.items} items in the workspace; every row with its reason: mmcurate status {out_dir} --rows", highlight=False)
+    out.print(f"{result.items} items in the workspace; every row with its reason: mmcurate status {safe(out_dir)} --rows", highlight=False)
 
 
 def _print_json(obj: dict) -> None:
@@ -71,11 +71,11 @@ def ingest_summary(result) -> dict:
 
 def ingest_tables(result) -> list[Table]:
     """Per-source counts, and why rows were not kept (shared by `ingest`, `run` and `demo`)."""
-    table = Table(title=f"ingest -> {result.workdir}/items.parquet")
+    table = Table(title=f"ingest -> {safe(result.workdir)}/items.parquet")
     for col in ("source", "format", "rows", "kept", "dropped", "quarantined"):
         table.add_column(col, justify="left" if col in ("source", "format") else "right")
     for s in result.sources:
-        table.add_row(s.source, s.format, str(s.rows), str(s.counts["kept"]), str(s.counts["dropped"]), str(s.counts["quarantined"]))
+        table.add_row(safe(s.source), s.format, str(s.rows), str(s.counts["kept"]), str(s.counts["dropped"]), str(s.counts["quarantined"]))
     tables = [table]
     reasons = [(s.source, status, reason, n) for s in result.sources for (status, reason), n in s.reasons.most_common()]
     if reasons:
@@ -83,7 +83,7 @@ def ingest_tables(result) -> list[Table]:
         for col in ("source", "status", "reason", "rows"):
             why.add_column(col, justify="right" if col == "rows" else "left")
         for row in reasons:
-            why.add_row(*map(str, row))
+            why.add_row(*map(safe, row))
         tables.append(why)
     return tables
 
@@ -111,7 +111,7 @@ def status_cmd(
     if as_json:
         _print_json(status_summary(ws.root, stage_rows, ledger, counts, bad if rows else None))
         return
-    stages = Table(title=f"workspace {ws.root}")
+    stages = Table(title=f"workspace {safe(ws.root)}")
     stages.add_column("stage file")
     stages.add_column("rows", justify="right")
     for stage, n in stage_rows.items():
@@ -124,11 +124,12 @@ def status_cmd(
     for col in ("stage", "source", "status", "reason", "rows"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for r in counts.iter_rows(named=True):
-        table.add_row(r["stage"], Path(r["source_file"] or "").name, r["status"], r["reason"] or "-", str(r["len"]))
+        table.add_row(safe(r["stage"]), safe(Path(r["source_file"] or "").name), safe(r["status"]), safe(r["reason"] or "-"), str(r["len"]))
     out.print(table)
     if rows:
         for r in bad.iter_rows(named=True):
-            out.print(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}", highlight=False, soft_wrap=True, markup=False)
+            line = clean(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}").replace("\n", "\\n")
+            out.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def status_summary(root: Path, stage_rows: dict[str, int], ledger: pl.DataFrame, counts: pl.DataFrame,

@@ -29,6 +29,21 @@ only the letters A-D, so the profile refuses items it cannot score (more than 4 
 image, no MMStar capability/dimension) and, unless told what to do (``multi_image``), items
 with several images.
 
+What is exported is what the card says: rows an earlier stage dropped (``blind`` or ``rule_drop``
+true, ``review_kept`` false, ``screen_error`` set) are left out, so exporting the ``screened`` stage
+writes the items screening kept, and the card says how many rows of the stage were left out and why.
+
+Text is written exactly as it is in parquet, ``hf`` and JSONL (formats read by programs). A TSV is
+also opened in spreadsheets, which run a cell starting with ``=``, ``+``, ``-``, ``@``, tab or CR as a
+formula (CSV injection), so its text cells that start so get a leading ``'`` (OWASP's advice); plain
+numbers (``-3``, ``+1.5``) are left alone. The card says so when it happened.
+
+Interrupted exports: the new folder is built as ``.NAME.<pid>.<random>.tmp`` beside ``to`` and swapped
+in with two renames (old -> ``.NAME.old-<pid>``, new -> ``NAME``). The next export to ``to`` first
+repairs what a killed one left: an ``.NAME.old-<pid>`` of a dead process is renamed back to ``NAME``
+when ``NAME`` is missing (killed between the renames) and removed otherwise, and temporaries of dead
+processes are removed. So ``NAME`` is always the old or the new export.
+
 When the licence is ``other`` (the default: items keep their source benchmarks' terms) the card
 names it (``license_name``) and links a ``LICENSE.md`` written beside it that lists the sources.
 """
@@ -54,6 +69,7 @@ import polars as pl
 from curate.errors import UserError
 from curate.schema import LETTERS
 from curate.taxonomy import Taxonomy, default_taxonomy
+from curate.workspace import workspace_command
 
 FORMATS = ("hf", "parquet", "tsv", "jsonl")
 PROFILES = ("default", "mmstar")
@@ -131,10 +147,88 @@ def _check_request(df: pl.DataFrame, to: Path, fmt: str, profile: str, multi_ima
         raise UserError(f"{to}: export folder already exists; pass --overwrite to replace it, or choose another --to")
 
 
+#: Columns by which an earlier stage drops a row, and the value that means "dropped".
+DROP_MARKS = (("blind", True, "answerable without the image (screening)"), ("rule_drop", True, "flagged by the rule filters"),
+              ("review_kept", False, "rejected by reviewers"))
+
+
+def kept_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
+    """The rows no earlier stage dropped, and one sentence on what was left out (None: nothing)."""
+    dropped = pl.lit(False)
+    parts = []
+    for col, bad, why in DROP_MARKS:
+        if col in df.columns:
+            mask = pl.col(col).fill_null(not bad) == bad
+            n = df.select(mask.sum()).item()
+            if n:
+                parts.append(f"{n} {why}")
+            dropped = dropped | mask
+    if "screen_error" in df.columns:
+        n = df.select(pl.col("screen_error").is_not_null().sum()).item()
+        if n:
+            parts.append(f"{n} that screening could not ask")
+        dropped = dropped | pl.col("screen_error").is_not_null()
+    kept = df.filter(~dropped)
+    if kept.height == df.height:
+        return df, None
+    return kept, (f"{df.height - kept.height} of the stage's {df.height} rows were dropped by an earlier stage and are not in "
+                  f"this export ({'; '.join(parts)}; a row can count under several reasons)")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise_formula(text: str) -> str:
+    """``text`` made safe for a spreadsheet (OWASP CSV injection): a leading ``'`` when it starts
+    with ``= + - @``, tab or CR, unless it is a plain number."""
+    if text and text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _recover_export(to: Path) -> None:
+    """Repair what a killed export to ``to`` left beside it (see the module docstring)."""
+    if not to.parent.is_dir():
+        return
+    for old in sorted(to.parent.glob(f".{glob_escape(to.name)}.old-*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if not to.exists():
+            os.replace(old, to)  # killed between the two renames: the old export comes back
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in to.parent.glob(f".{glob_escape(to.name)}.*.tmp"):
+        pid = tmp.name[len(to.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _export(df: pl.DataFrame, to: str | Path, *, fmt: str, profile: str, overwrite: bool,
             card_info: Mapping[str, Any] | None, split: str | None, name: str | None, taxonomy: Taxonomy | None,
             multi_image: str, allow_no_image: bool, allow_uncategorized: bool) -> _Written:
     to = Path(to)
+    _recover_export(to)
+    df, left_out = kept_rows(df)
     _check_request(df, to, fmt, profile, multi_image, overwrite)
     name = name or to.name or "mmcurate"
     split = split or (MMSTAR_SPLIT if profile == "mmstar" else "test")
@@ -148,7 +242,7 @@ def _export(df: pl.DataFrame, to: str | Path, *, fmt: str, profile: str, overwri
         table = _tsv_rows(table, allow_no_image=allow_no_image, allow_uncategorized=allow_uncategorized)
     info = dict(card_info or {})
     to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", suffix=".tmp", dir=to.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.{os.getpid()}.", suffix=".tmp", dir=to.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an export is meant to be shared
@@ -166,12 +260,19 @@ def _export(df: pl.DataFrame, to: str | Path, *, fmt: str, profile: str, overwri
             ds_info = dataset_info_yaml(ds[split], split, shards)
         elif fmt == "tsv":
             write_vlmevalkit_tsv(table, tmp / f"{name}.tsv")
+            n_safe = _formula_cells(table)
+            if n_safe:
+                left_out = ((left_out + ". ") if left_out else "") + (
+                    f"{n_safe} text cell(s) start with =, +, -, @, tab or CR and are written with a leading ' so a "
+                    "spreadsheet shows them as text instead of running them as formulas (OWASP CSV injection); the "
+                    "parquet, hf and jsonl formats keep the exact text")
         else:
             write_jsonl(table, tmp / f"{name}.jsonl")
         if info.get("license", "other") == "other" and not info.get("license_link"):
             (tmp / LICENSE_FILE).write_text(license_text(table), encoding="utf-8")
         (tmp / "README.md").write_text(dataset_card(table, fmt=fmt, split=split, name=name, card_info=info, taxonomy=tax,
-                                                    profile=profile, dataset_info=ds_info, notes=notes),
+                                                    profile=profile, dataset_info=ds_info, notes=notes,
+                                                    contents=left_out),
                                        encoding="utf-8")
         _swap_into_place(tmp, to)
     except BaseException:
@@ -183,12 +284,19 @@ def _export(df: pl.DataFrame, to: str | Path, *, fmt: str, profile: str, overwri
     return _Written(to, notes)
 
 
+def fault(point: str) -> None:
+    from curate.workspace import fault as _fault
+
+    _fault(point)
+
+
 def _swap_into_place(tmp: Path, to: Path) -> None:
     """Rename ``tmp`` to ``to``; an old ``to`` is moved aside first and removed only after."""
     old = None
     if to.exists():
         old = to.with_name(f".{to.name}.old-{os.getpid()}")
         os.replace(to, old)
+        fault("export-aside")
     try:
         os.replace(tmp, to)
     except BaseException:
@@ -499,15 +607,27 @@ def write_vlmevalkit_tsv(table: pl.DataFrame, path: Path) -> Path:
             b64 = [base64.b64encode(b).decode("ascii") for b in imgs]
             names = [f"{r['index']}.{_ext(b)}" if len(imgs) == 1 else f"{r['index']}_{k}.{_ext(b)}" for k, b in enumerate(imgs)]
             opts = list(r["options"] or [])
+            safe = neutralise_formula
             w.writerow([
-                r["index"], r["question"] or "", r.get("hint") or "",
-                *[opts[k] if k < len(opts) else "" for k in range(n_letters)],
-                r["answer"] or "", r.get("category") or "", r.get("l2_category") or "",
-                (b64[0] if len(b64) == 1 else json.dumps(b64)) if b64 else "",
+                safe(str(r["index"])), safe(r["question"] or ""), safe(r.get("hint") or ""),
+                *[safe(str(opts[k])) if k < len(opts) else "" for k in range(n_letters)],
+                safe(r["answer"] or ""), safe(r.get("category") or ""), safe(r.get("l2_category") or ""),
+                (b64[0] if len(b64) == 1 else json.dumps(b64)) if b64 else "",  # base64: never a formula, kept exact
                 (names[0] if len(names) == 1 else json.dumps(names)) if names else "",
-                *[("" if r.get(c) is None else r.get(c)) for c in extra],
+                *[("" if r.get(c) is None else safe(str(r.get(c)))) for c in extra],
             ])
     return path
+
+
+def _formula_cells(table: pl.DataFrame) -> int:
+    """How many text cells the TSV writer neutralised (for the card)."""
+    n = 0
+    for col in ("index", "question", "hint", "answer", "category", "l2_category", "item_id", "source"):
+        if col in table.columns:
+            n += sum(1 for v in table[col].cast(pl.String).to_list() if v and neutralise_formula(v) != v)
+    if "options" in table.columns:
+        n += sum(1 for opts in table["options"].to_list() for v in (opts or []) if v and neutralise_formula(str(v)) != str(v))
+    return n
 
 
 _MIME = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "bmp": "image/bmp", "webp": "image/webp"}
@@ -664,11 +784,13 @@ def _card_header(table: pl.DataFrame, info: Mapping[str, Any], *, name: str, fmt
 
 def dataset_card(table: pl.DataFrame, *, fmt: str = "hf", split: str = "test", name: str = "mmcurate",
                  card_info: Mapping[str, Any] | None = None, taxonomy: Taxonomy | None = None,
-                 profile: str = "default", dataset_info: dict | None = None, notes: tuple[str, ...] = ()) -> str:
+                 profile: str = "default", dataset_info: dict | None = None, notes: tuple[str, ...] = (),
+                 contents: str | None = None) -> str:
     """README.md with the YAML header the Hub reads and the counts a reader checks first.
 
     ``dataset_info`` is :func:`dataset_info_yaml` of the written split (built here when not
-    given); ``notes`` are what the export did with multi-image items (the mmstar profile's).
+    given); ``notes`` are what the export did with multi-image items (the mmstar profile's);
+    ``contents`` what the export left out of the stage or changed (``kept_rows``, TSV formula cells).
     """
     import yaml
 
@@ -681,6 +803,8 @@ def dataset_card(table: pl.DataFrame, *, fmt: str = "hf", split: str = "test", n
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {header['pretty_name']}", ""]
     lines.append(info.get("description") or _default_description(table))
+    if contents:
+        lines += ["", "## What is in this export", "", contents + "."]
     lines += ["", _usage(fmt, name, split, profile)]
     lines += ["## Items with several images", "", (notes[0] if notes else multi_image_note(table, profile=profile, fmt=fmt)) + ".", ""]
     lines += ["## Counts", ""]
@@ -795,6 +919,7 @@ def _read_stage(workdir, stage: str | None, card_info: Mapping[str, Any] | None)
     return stage, df, info
 
 
+@workspace_command("export")
 def export_release(workdir, to, *, fmt: str = "hf", profile: str = "default", stage: str | None = None,
                    overwrite: bool = False, card_info: Mapping[str, Any] | None = None, multi_image: str = "refuse",
                    allow_no_image: bool = False, allow_uncategorized: bool = False,
@@ -808,6 +933,8 @@ def export_release(workdir, to, *, fmt: str = "hf", profile: str = "default", st
     from curate.check import check_table, has_errors
 
     stage, df, info = _read_stage(workdir, stage, card_info)
+    stage_df = df
+    df, _ = kept_rows(df)  # the rows the export writes (and the card describes) are the ones checked
     problems = tuple(check_table(df, allow_no_image=allow_no_image))
     result = ExportResult(stage, Path(to), fmt, profile, df.height, False, problems)
     if has_errors(problems) and not ignore_check:
@@ -815,7 +942,7 @@ def export_release(workdir, to, *, fmt: str = "hf", profile: str = "default", st
         summary = "; ".join(f"{p.code} ({len(p.item_ids)} item(s))" if p.item_ids else p.code for p in errors)
         raise ExportRefused(f"cannot export {stage}.parquet: the release check found {len(errors)} error(s): {summary}. "
                             f"`mmcurate check {workdir}` lists the items; fix them, or pass --ignore-check", result)
-    written = _export(df, to, fmt=fmt, profile=profile, overwrite=overwrite, card_info=info, split=None, name=None,
+    written = _export(stage_df, to, fmt=fmt, profile=profile, overwrite=overwrite, card_info=info, split=None, name=None,
                       taxonomy=None, multi_image=multi_image, allow_no_image=allow_no_image,
                       allow_uncategorized=allow_uncategorized)
     notes = written.notes or (multi_image_note(df, profile=profile, fmt=fmt, multi_image=multi_image),)

@@ -10,6 +10,8 @@ the size of the source; the stage file appears atomically when the run completes
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -26,7 +28,7 @@ from curate.images import DEFAULT_MAX_PIXELS
 from curate.normalize import NOTE_KEY, Dropped, NormalizeOptions, normalize_row
 from curate.schema import ITEM_SCHEMA, LEDGER_SCHEMA, conform, validate_items
 from curate.taxonomy import default_taxonomy
-from curate.workspace import StreamingParquetWriter, Workspace
+from curate.workspace import StreamingParquetWriter, Workspace, workspace_command
 
 BATCH_ROWS = 500
 CANONICAL_FIELDS = (
@@ -83,6 +85,7 @@ def source_name(path: Path) -> str:
     return path.stem if path.is_file() else path.name
 
 
+@workspace_command("ingest", arg="out", create=True)
 def ingest_to_workspace(
     sources: Iterable[str | Path],
     out: str | Path,
@@ -98,7 +101,10 @@ def ingest_to_workspace(
 ) -> IngestResult:
     """Ingest ``sources`` into the workspace ``out`` (streaming; the CLI and benchmarks use this).
 
-    Re-ingesting a file replaces its items and ledger rows; items from other files stay.
+    Re-ingesting a file replaces its items and ledger rows; items from other files stay. A file is
+    the same source when it is the same file however its path is spelt (relative, absolute, through
+    a symlink), or has the same content under the same source name (moved); see ``_same_sources``.
+    The run holds the workspace lock and commits items and ledger together (``curate.workspace``).
     ``on_row(source, n)`` is called as rows are read (for progress bars).
     ``columnar_path=False`` normalises whole text tables row by row too (same output, slower;
     for checking the columnar path, see ``curate.columnar``).
@@ -110,14 +116,70 @@ def ingest_to_workspace(
         raise UserError("--name names one source; give one SOURCE per ingest call, or drop --name")
     formats = [detect_format(p) for p in paths]  # fail fast on a missing/unknown file
     ws = Workspace(out, create=True)
-    new_files = {str(p) for p in paths}
+    identities = {str(p): source_identity(p, name or source_name(p)) for p in paths}
+    with ws.transaction() as tx:
+        sources = dict(ws.manifest().get("sources", {}))
+        old_files = _old_source_files(ws)
+        new_files = {str(p) for p in paths} | _same_sources(old_files, sources, identities)
+        tx.manifest_updates["sources"] = {**{k: v for k, v in sources.items() if k not in new_files}, **identities}
+        return _ingest_into(ws, tx, paths, formats, new_files, name=name, column_map=column_map, image_root=image_root,
+                            open_to_mcq=open_to_mcq, seed=seed, max_pixels=max_pixels, on_row=on_row,
+                            columnar_path=columnar_path)
+
+
+def source_identity(path: Path, source: str) -> dict:
+    """What makes a source file the same one again: its resolved path, and its content (size and
+    sha256; folders by path only) under its source name."""
+    ident: dict = {"resolved": os.path.realpath(path), "source": source, "size": None, "sha256": None}
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        ident.update(size=path.stat().st_size, sha256=h.hexdigest())
+    return ident
+
+
+def _old_source_files(ws: Workspace) -> set[str]:
+    """``source_file`` values the workspace holds (items and ingest ledger rows)."""
+    files: set[str] = set()
+    if ws.has("items"):
+        files.update(ws.read("items")["source_file"].drop_nulls().unique().to_list())
+    led = ws.ledger()
+    files.update(led.filter(pl.col("stage") == "ingest")["source_file"].drop_nulls().unique().to_list())
+    return files
+
+
+def _same_sources(old_files: set[str], known: dict[str, dict], new: dict[str, dict]) -> set[str]:
+    """The old ``source_file`` spellings that name one of the files ingested now.
+
+    Same resolved path -> same source (so ``data/x.tsv`` then ``/abs/data/x.tsv`` replaces, never
+    duplicates, and changed content is applied). Same sha256 under the same source name -> the
+    same file moved. A spelling the manifest does not know (a workspace from before manifests)
+    is resolved against the current folder: the best that can be done for it."""
+    by_path = {v["resolved"] for v in new.values()}
+    by_content = {(v["source"], v["sha256"]) for v in new.values() if v["sha256"]}
+    same = set()
+    for spelling in old_files:
+        ident = known.get(spelling)
+        if ident is None:
+            if os.path.realpath(spelling) in by_path:
+                same.add(spelling)
+        elif ident.get("resolved") in by_path or (ident.get("sha256") and (ident.get("source"), ident["sha256"]) in by_content):
+            same.add(spelling)
+    return same
+
+
+def _ingest_into(ws: Workspace, tx, paths: list[Path], formats: list[str], new_files: set[str], *, name, column_map,
+                 image_root, open_to_mcq, seed, max_pixels, on_row, columnar_path) -> IngestResult:
+    """The ingest run inside its transaction: items streamed to a staged file, ledger recorded."""
     taxonomy = default_taxonomy()
     opts_read = ReadOptions(image_root=Path(image_root) if image_root else None, column_map=column_map or {})
 
     ledgers: list[_Accountant] = []
     summaries: list[SourceSummary] = []
     seen: set[str] = set()
-    writer = StreamingParquetWriter(ws.path("items"), ITEM_SCHEMA)
+    writer = tx.stream(ws.path("items").name, ITEM_SCHEMA)
     try:
         if ws.has("items"):  # keep items of files not re-ingested now
             old = ws.read("items").filter(~pl.col("source_file").is_in(list(new_files)))

@@ -31,6 +31,7 @@ from curate.normalize import split_embedded_options
 
 from curate.errors import UserError
 from curate.schema import LETTERS
+from curate.workspace import workspace_command
 
 MATCHERS = ("mmstar", "option_text")
 #: MMStar's bins over 16 models (easy 12-16 solvers, moderate 8-11, hard 4-7, tough 0-3),
@@ -573,6 +574,7 @@ def add_difficulty(items: pl.DataFrame, counts: pl.DataFrame) -> tuple[pl.DataFr
     return out, matched
 
 
+@workspace_command("difficulty")
 def write_difficulty(workdir: str | Path, runs: list[Predictions], *, matcher: str = "mmstar", source: str | None = None) -> dict:
     """Count solvers over ``runs`` and add ``n_solvers``/``n_models``/``difficulty`` to the newest stage file.
 

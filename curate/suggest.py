@@ -33,6 +33,7 @@ import polars as pl
 
 from curate.errors import UserError
 from curate.taxonomy import Taxonomy, default_taxonomy
+from curate.workspace import workspace_command
 
 SUGGEST_COLUMNS = ("suggested_l2_category", "suggested_category", "suggested_prob", "suggested_by")
 MIN_PER_CLASS = 3  # CalibratedClassifierCV's internal 3-fold split needs 3 examples per class
@@ -251,6 +252,7 @@ def cross_validate_suggester(items: pl.DataFrame, *, folds: int = 5, seed: int =
     return SuggestScore(acc, cap_acc, len(y), len(classes), k, use_category, per, hold_out_categories)
 
 
+@workspace_command("suggest")
 def suggest_workspace(workdir, *, seed: int = 0) -> tuple[str, pl.DataFrame]:
     """Add the suggestion columns to the newest of reviewed / screened / items, in place (atomic)."""
     from curate.workspace import Workspace

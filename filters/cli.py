@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import polars as pl
 
-from curate.console import log_console
+from curate.console import log_console, safe
 
 
 def print_summary(report, df, console=None) -> None:
@@ -15,7 +16,7 @@ def print_summary(report, df, console=None) -> None:
     from rich.table import Table
 
     console = console or log_console(stderr=True)
-    table = Table(title=f"panel {report.panel} ({report.panel_hash}), blind when hits > {report.threshold}")
+    table = Table(title=f"panel {safe(report.panel)} ({report.panel_hash}), blind when hits > {report.threshold}")
     for col in ("member", "backend", "method", "controls acc [95% CI]", "at chance", "letter bias", "hit rate", "chance (uniform / biased)"):
         table.add_column(col)
     for m in report.members:
@@ -24,17 +25,20 @@ def print_summary(report, df, console=None) -> None:
         bias = " ".join(f"{k}:{v:.0%}" for k, v in c["letter_bias"].items()) if c else "-"
         at = ("yes" + ("" if m.counted else ", not counted")) if c and c["at_chance"] else "no"
         biased = f"{m.expected_biased_hit_rate:.2f}" if m.expected_biased_hit_rate is not None else "-"
-        table.add_row(m.name, m.backend, f"{m.method} {m.shots}-shot", acc, at, bias, f"{m.hit_rate:.2f}", f"{m.expected_chance_hit_rate:.2f} / {biased}")
+        table.add_row(safe(m.name), safe(m.backend), f"{m.method} {m.shots}-shot", acc, at, bias, f"{m.hit_rate:.2f}", f"{m.expected_chance_hit_rate:.2f} / {biased}")
     console.print(table)
     from curate.audit import throughput_line
 
     for m in report.members:
-        console.print(throughput_line(m.name, m.throughput()), highlight=False)
+        console.print(safe(throughput_line(m.name, m.throughput())), highlight=False)
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
     rule = int(df["rule_reason"].is_not_null().sum()) if "rule_reason" in df.columns else 0
-    dropped = int((df["blind"] | (df["rule_reason"].is_not_null() if "rule_reason" in df.columns else False)).sum())
-    console.print(f"{df.height} items screened: {report.n_blind} blind-answerable, {rule} flagged by rule filters, {df.height - dropped} kept")
+    skipped = df["screen_error"].is_not_null() if "screen_error" in df.columns else pl.Series([False] * df.height)
+    dropped = int((df["blind"].fill_null(False) | (df["rule_reason"].is_not_null() if "rule_reason" in df.columns else False) | skipped).sum())
+    unaskable = f", {int(skipped.sum())} skipped (could not be asked; ledger reason unaskable)" if skipped.any() else ""
+    console.print(f"{df.height} items screened: {report.n_blind} blind-answerable, {rule} flagged by rule filters{unaskable}, "
+                  f"{df.height - dropped} kept")
 
 
 def register(app: typer.Typer) -> None:

@@ -46,6 +46,7 @@ import polars as pl
 from curate.errors import UserError
 from curate.groups import ensure_groups, normalise
 from curate.schema import LETTERS
+from curate.workspace import workspace_command
 from filters.backends import open_backend, resolve_backend_name
 from filters.cache import ResponseCache
 from filters.competence import Competence, assess, control_items, is_hit
@@ -97,6 +98,7 @@ class ScreenReport:
     warnings: list[str] = field(default_factory=list)
     chance_corrected: bool = False  # hits needed the key to win after dividing out the letter prior (with margin)
     n_questions: int = 0  # distinct questions asked (one per group of copies; n_items counts every copy)
+    n_unaskable: int = 0  # items skipped because they could not be asked (``screen_error``; ledger reason ``unaskable``)
 
     def as_dict(self, *, timing: bool = False) -> dict:
         """The report as plain data. Timing (``asked``/``cached``/``model_seconds``) differs run to run,
@@ -125,8 +127,70 @@ def _shifts(n_options: int, rotations: int) -> list[int]:
     return list(range(min(rotations, n_options)))
 
 
-def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCache, progress) -> tuple[dict, MemberReport]:
-    """Ask one member every item (every rotation); return its columns and its report line."""
+def _ask(backend, prompts: list, opts: list[list[str]], owner: list[int], cache: ResponseCache, advance,
+         stats: dict) -> tuple[list, dict[int, str]]:
+    """Every prompt's response, and ``{item: why}`` for items whose prompts the model could not take.
+
+    Why per item: one over-long or broken question must not stop the screening of every other
+    item. The whole list is asked first (batched as usual); when that fails, each item's prompts are
+    asked alone (answers already given are in the cache) and the items that still fail are skipped.
+    When every item fails the model (or server) is the problem, not an item: the first error is raised."""
+    try:
+        return score_prompts(backend, prompts, opts, cache, advance=advance, stats=stats), {}
+    except Exception as exc:  # noqa: BLE001 -- any backend error; KeyboardInterrupt still stops the run
+        first = exc
+    by_item: dict[int, list[int]] = {}
+    for k, i in enumerate(owner):
+        by_item.setdefault(i, []).append(k)
+    responses: list = [None] * len(prompts)
+    failed: dict[int, str] = {}
+    for i, ks in by_item.items():
+        try:
+            rs = score_prompts(backend, [prompts[k] for k in ks], [opts[k] for k in ks], cache, stats=stats)
+        except Exception as exc:  # noqa: BLE001
+            failed[i] = _why(exc)
+            continue
+        for k, r in zip(ks, rs):
+            responses[k] = r
+    if by_item and len(failed) == len(by_item):
+        raise first
+    return responses, failed
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _undecodable(items: pl.DataFrame) -> dict[str, str]:
+    """``{item_id: why}`` for items whose first image does not fully decode (the rule filters hash it)."""
+    if "images" not in items.columns:
+        return {}
+    import io
+
+    from PIL import Image, ImageFile
+
+    bad = {}
+    firsts = items.select(pl.col("images").list.first().struct.field("bytes").alias("b"))["b"]
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES  # some libraries (lmms-eval) set it for the whole process
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        for data, iid in zip(firsts, items["item_id"]):
+            if not data:
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+            except Exception as exc:  # noqa: BLE001 -- PIL raises many types for bad bytes
+                bad[iid] = f"its first image does not decode ({_why(exc)})"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return bad
+
+
+def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCache, progress) -> tuple[dict, MemberReport, dict[int, str]]:
+    """Ask one member every item (every rotation); return its columns, its report line and the
+    items (row positions) it could not be asked, with why."""
     backend = open_backend(member, cache)
     try:
         comp: Competence | None = None
@@ -136,17 +200,26 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
         questions, options, answers = items["question"].to_list(), items["options"].to_list(), items["answer"].to_list()
         hints = items["hint"].to_list() if "hint" in items.columns else [None] * items.height
         prompts, opts, keys, owner = [], [], [], []
+        failed: dict[int, str] = {}
         for i, (q, o, a, h) in enumerate(zip(questions, options, answers, hints)):
-            o = [str(x) for x in (o or [])]
-            for s in _shifts(len(o), panel.rotations):
-                ro, ra = rotate(o, a or "", s)
-                prompts.append(build_prompt(q or "", ro, h, shots=member.shots))
+            try:
+                o = [str(x) for x in (o or [])]
+                asked = []
+                for s in _shifts(len(o), panel.rotations):
+                    ro, ra = rotate(o, a or "", s)
+                    asked.append((build_prompt(q or "", ro, h, shots=member.shots), ro, ra))
+            except Exception as exc:  # noqa: BLE001 -- one item that cannot be put as a prompt is skipped, not the run
+                failed[i] = _why(exc)
+                continue
+            for prompt, ro, ra in asked:
+                prompts.append(prompt)
                 opts.append(ro)
                 keys.append(ra)
                 owner.append(i)
         task = progress.add(f"{member.name}: items", len({p.text for p in prompts}))
-        stats: dict[str, float] = {}
-        responses = score_prompts(backend, prompts, opts, cache, advance=lambda k: progress.advance(task, k), stats=stats)
+        stats: dict[str, float] = {"asked": 0, "cached": 0, "seconds": 0.0}
+        responses, not_taken = _ask(backend, prompts, opts, owner, cache, lambda k: progress.advance(task, k), stats)
+        failed.update(not_taken)
         identity = backend.identity
     finally:
         backend.close()
@@ -160,6 +233,8 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
     hit = [True] * n
     seen = [False] * n
     for i, r, key, o in zip(owner, responses, keys, opts):
+        if r is None:  # the item could not be asked (``failed``)
+            continue
         ok = key in LETTERS[: len(o)] and is_hit(r, key, len(o), comp, margin=panel.margin, corrected=panel.chance_corrected)
         hit[i] = hit[i] and ok
         if r.probs is not None and key in LETTERS[: len(o)]:
@@ -186,7 +261,7 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
         name=member.name, backend=resolve_backend_name(member), identity=identity, method=member.method, shots=member.shots,
         counted=counted, competence=comp.as_dict() if comp else None, hit_rate=sum(hit) / max(n, 1),
         expected_chance_hit_rate=expected, expected_biased_hit_rate=biased,
-        misses_no_option=sum(1 for r in responses if r.raw is not None and r.letter is None),
+        misses_no_option=sum(1 for r in responses if r is not None and r.raw is not None and r.letter is None),
         asked=int(stats["asked"]), cached=int(stats["cached"]), model_seconds=round(float(stats["seconds"]), 3),
     )
     cols = {
@@ -195,7 +270,7 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
         f"prob__{member.name}": pl.Series(prob, dtype=pl.Float64),
         f"raw__{member.name}": pl.Series(raw, dtype=pl.String),
     }
-    return cols, report
+    return cols, report, failed
 
 
 def _representatives(items: pl.DataFrame) -> list[int]:
@@ -313,6 +388,18 @@ def screen_with_report(
         items = items.head(limit)
     panel = panel.select(members)
     items = ensure_groups(items)  # groups given by an earlier stage are kept
+    unaskable: dict[str, str] = {}  # item_id -> why it could not be asked (skipped, recorded)
+    rule_cols = None
+    if rules:
+        try:
+            rule_cols = _rules(items, panel.rules)
+        except UserError:
+            bad = _undecodable(items)  # an image the rule filters cannot hash: skip those items, not the run
+            if not bad:
+                raise
+            unaskable.update(bad)
+            rule_cols = _rules(items.filter(~pl.col("item_id").is_in(list(bad))), panel.rules)
+            rule_cols = items.select("item_id").join(rule_cols, on="item_id", how="left")
     rep_rows = _representatives(items)
     is_rep = [i == r for i, r in enumerate(rep_rows)]
     reps = items.filter(pl.Series(is_rep, dtype=pl.Boolean))  # the questions asked, in table order
@@ -320,13 +407,15 @@ def screen_with_report(
     pos = [rank[r] for r in rep_rows]
     maps = _letter_maps(items, rep_rows)
     out = items
-    if rules:
-        rule_cols = _rules(items, panel.rules)
+    if rule_cols is not None:
         out = out.with_columns(rule_cols.drop("item_id"))  # run_rules keeps item order
     reports = []
     with ResponseCache(cache_path) as cache, _Progress(progress) as prog:
         for member in panel.members:
-            cols, rep = _member_columns(reps, panel, member, cache, prog)
+            cols, rep, failed = _member_columns(reps, panel, member, cache, prog)
+            rep_ids = reps["item_id"].to_list()
+            for k, why in failed.items():
+                unaskable.setdefault(rep_ids[k], f"member {member.name!r}: {why}")
             cols = _spread(cols, pos, maps)
             clash = [c for c in cols if c in out.columns]
             if clash:
@@ -338,9 +427,18 @@ def screen_with_report(
     hits = pl.sum_horizontal([pl.col(f"hit__{m}").cast(pl.Int32) for m in counted]) if counted else pl.lit(0)
     out = out.with_columns(hits=hits.cast(pl.Int32), n_members=pl.lit(len(counted), dtype=pl.Int32))
     out = out.with_columns(blind=pl.col("hits") > threshold)
+    # an item is unaskable when it, or the representative whose answers it takes, could not be asked
+    rep_of = items["item_id"].gather(rep_rows)
+    errors = [unaskable.get(iid) or (f"its group's representative {r} could not be asked: {unaskable[r]}" if r in unaskable else None)
+              for iid, r in zip(items["item_id"].to_list(), rep_of.to_list())]
+    out = out.with_columns(screen_error=pl.Series(errors, dtype=pl.String))
+    skipped = pl.col("screen_error").is_not_null()
+    out = out.with_columns(hits=pl.when(skipped).then(None).otherwise(pl.col("hits")),
+                           blind=pl.when(skipped).then(None).otherwise(pl.col("blind")))
     who = pl.concat_str([pl.when(pl.col(f"hit__{m}")).then(pl.lit(m)) for m in counted], separator=",", ignore_nulls=True) if counted else pl.lit("")
     blind_reason = pl.format("blind: {} of {} members answered without the image ({}); threshold {}", "hits", "n_members", who, pl.lit(threshold))
-    parts = [pl.when(pl.col("blind")).then(blind_reason)]
+    parts = [pl.when(pl.col("screen_error").is_not_null()).then(pl.lit("unaskable: ") + pl.col("screen_error")),
+             pl.when(pl.col("blind")).then(blind_reason)]
     if "rule_reason" in out.columns:
         parts.append(pl.col("rule_reason"))
     out = out.with_columns(
@@ -357,12 +455,17 @@ def screen_with_report(
                 f"member {r.name!r} is at chance on {c['n']} control questions (accuracy {c['accuracy']:.2f}, "
                 f"95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}], chance {c['chance']:.2f}); {what}"
             )
+    n_unaskable = sum(e is not None for e in errors)
+    if n_unaskable:
+        shown = ", ".join([i for i, e in zip(items["item_id"].to_list(), errors) if e is not None][:5])
+        warnings.append(f"{n_unaskable} item(s) could not be asked and were skipped (column screen_error, ledger reason "
+                        f"unaskable; not in screened.parquet): {shown}")
     if reports and not counted:
         warnings.append("no member's hits count: every member is at chance, so no item is dropped as blind-answerable")
     report = ScreenReport(
         panel=panel.name, panel_hash=panel.config_hash, template=TEMPLATE_VERSION, rotations=panel.rotations,
         threshold=threshold, n_items=out.height, n_blind=int(out["blind"].sum()), members=reports, warnings=warnings,
-        chance_corrected=panel.chance_corrected, n_questions=reps.height,
+        chance_corrected=panel.chance_corrected, n_questions=reps.height, n_unaskable=n_unaskable,
     )
     return out, report
 
@@ -380,6 +483,7 @@ def screen(
     return screen_with_report(items, panel, cache_path=cache_path, limit=limit, members=members, progress=progress)[0]
 
 
+@workspace_command("screen")
 def screen_workspace(
     workdir: str | Path,
     panel_path: str | Path | None = None,
@@ -390,7 +494,11 @@ def screen_workspace(
     progress: bool = True,
 ) -> tuple[pl.DataFrame, ScreenReport]:
     """Screen a workspace's ``items.parquet``: write ``screened.parquet``, the ledger rows and
-    ``screen_report.json`` (the CLI, ``mmcurate run`` and the demo all come through here)."""
+    ``screen_report.json`` (the CLI, ``mmcurate run`` and the demo all come through here).
+
+    The three files commit together (``curate.workspace``), under the workspace lock. Items that
+    could not be asked (``screen_error``) are left out of ``screened.parquet`` and get a ledger row
+    ``dropped`` / ``unaskable``; the returned table still has them."""
     from curate.workspace import Workspace
     from filters.cache import default_cache_path
     from filters.panel import load_panel
@@ -400,9 +508,9 @@ def screen_workspace(
         ws.read("items"), load_panel(panel_path), cache_path=cache_path or default_cache_path(workdir),
         limit=limit, members=members, progress=progress,
     )
-    ws.write("screened", df)
+    ws.write("screened", df.filter(pl.col("screen_error").is_null()) if "screen_error" in df.columns else df)
     ws.record("screen", screen_ledger(df))
-    write_report(report, ws.root / "screen_report.json")
+    ws.write_text("screen_report.json", json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
     return df, report
 
 
@@ -418,6 +526,8 @@ def screen_ledger(screened: pl.DataFrame) -> pl.DataFrame:
     blind_code = pl.when(pl.col("blind")).then(pl.lit("blind_answerable"))
     code = pl.concat_str([blind_code, rule_code], separator="+", ignore_nulls=True)
     code = pl.when(code != "").then(code)
+    if "screen_error" in screened.columns:
+        code = pl.when(pl.col("screen_error").is_not_null()).then(pl.lit("unaskable")).otherwise(code)
     cols = [c for c in ("source_file", "row") if c in screened.columns]
     detail = pl.format("{} [panel {}]", pl.coalesce(pl.col("screen_reason"), pl.lit("kept by every filter")), pl.col("panel_hash"))
     if "screened_as" in screened.columns:
