@@ -10,6 +10,7 @@ token prefix (at least the few-shot prefix) and evaluate only the rest.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 
@@ -19,6 +20,23 @@ from filters.backends.hf import letter_token_ids
 from filters.cache import ResponseCache, model_files_identity
 from filters.panel import Member
 from filters.prompts import Prompt, chat_messages
+
+
+def _close_llama_cpp_devnull() -> None:
+    """Close the two ``os.devnull`` files llama-cpp-python opens at import (``llama_cpp._utils``)
+    and never closes: left to the interpreter's teardown they print ``ResourceWarning: unclosed
+    file '/dev/null'`` at the end of every run that loaded a llama.cpp member. Registered with
+    ``atexit`` (not on ``close()``): the library reuses them for every model it loads."""
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        f = getattr(utils, name, None)
+        if f is not None and not f.closed:
+            f.close()
+
+
+atexit.register(_close_llama_cpp_devnull)
 
 
 def reusable_prefix(evaluated, tokens: list[int]) -> int:
