@@ -265,3 +265,39 @@ def test_an_import_the_client_gave_up_on_but_the_server_committed_is_not_duplica
     assert (again.already, again.pushed) in ((54, 0), (0, 54))
     ids = [t.data["item_id"] for t in _tasks(label_studio, pid)]
     assert len(ids) == len(set(ids)) == 54
+
+
+PUSH_SCRIPT = """
+import sys, time
+from annotation.client import ReviewClient, push_workspace
+client = ReviewClient(sys.argv[2], sys.argv[3])
+# small batches, each acknowledged: the kill lands between or inside imports
+push_workspace(sys.argv[1], client, "killed", batch_tasks=4, on_batch=lambda done, todo: (print(done, flush=True), time.sleep(0.2)))
+"""
+
+
+def test_review_push_killed_with_sigkill_then_pushed_again_loses_and_duplicates_nothing(label_studio, shared_data, tmp_path):
+    """kill -9 of the pushing process at several moments: the next push completes the project, every item
+    exactly once, and the workspace is untouched (its manifest verifies; its lock is free again)."""
+    ws = mmbench_workspace(shared_data, tmp_path / "ws")
+    before = (ws / "items.parquet").read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "LABEL_STUDIO_API_KEY"}
+    seen = []
+    for acked in (1, 3, 5):  # kill once this many batches (of 4 tasks) were acknowledged, inside the next one
+        proc = subprocess.Popen([sys.executable, "-c", PUSH_SCRIPT, str(ws), label_studio.url, label_studio.token],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+        for _ in range(acked):  # bounded: the process prints one line per batch and ends after 54 tasks
+            if not proc.stdout.readline():
+                break
+        time.sleep(0.25)
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        project = ReviewClient(label_studio.url, label_studio.token).find_project("killed")
+        seen.append(len(_tasks(label_studio, project.id)) if project is not None else 0)
+    client = ReviewClient(label_studio.url, label_studio.token)
+    final = push_workspace(ws, client, "killed")
+    ids = [t.data["item_id"] for t in _tasks(label_studio, final.project_id)]
+    assert len(ids) == len(set(ids)) == 54 and final.already + final.pushed == 54
+    assert 0 < seen[0] < seen[1] < seen[2] < 54, seen  # each killed run added to what the one before left, never duplicated it
+    assert (ws / "items.parquet").read_bytes() == before and Workspace(ws).verify() == []
