@@ -44,6 +44,7 @@ import polars as pl
 
 from curate.errors import UserError
 from curate.groups import ensure_groups, linked_groups, no_image_expr
+from curate.schema import dropped_expr
 from curate.taxonomy import Taxonomy, default_taxonomy
 from curate.workspace import workspace_command
 
@@ -76,12 +77,9 @@ class Replacement(NamedTuple):
 # Candidates
 # --------------------------------------------------------------------------------------
 def not_dropped(items: pl.DataFrame) -> pl.DataFrame:
-    """Rows no earlier stage dropped: ``blind``/``rule_drop`` not true, ``review_kept`` not false."""
-    df = items
-    for col, bad in (("blind", True), ("rule_drop", True), ("review_kept", False)):
-        if col in df.columns:
-            df = df.filter(pl.col(col).is_null() | (pl.col(col) != bad))
-    return df
+    """Rows no earlier stage dropped (``curate.schema.DROP_MARKS``: ``blind``/``rule_drop`` not true,
+    ``review_kept`` not false; an item screening could not ask)."""
+    return items.filter(~dropped_expr(items.columns))
 
 
 def eligible(items: pl.DataFrame, *, allow_no_image: bool = False) -> pl.DataFrame:

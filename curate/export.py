@@ -67,7 +67,7 @@ from typing import Any
 import polars as pl
 
 from curate.errors import UserError
-from curate.schema import LETTERS
+from curate.schema import LETTERS, drop_reasons, dropped_expr
 from curate.taxonomy import Taxonomy, default_taxonomy
 from curate.workspace import workspace_command
 
@@ -147,27 +147,12 @@ def _check_request(df: pl.DataFrame, to: Path, fmt: str, profile: str, multi_ima
         raise UserError(f"{to}: export folder already exists; pass --overwrite to replace it, or choose another --to")
 
 
-#: Columns by which an earlier stage drops a row, and the value that means "dropped".
-DROP_MARKS = (("blind", True, "answerable without the image (screening)"), ("rule_drop", True, "flagged by the rule filters"),
-              ("review_kept", False, "rejected by reviewers"))
-
-
 def kept_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
     """The rows no earlier stage dropped, and one sentence on what was left out (None: nothing)."""
-    dropped = pl.lit(False)
-    parts = []
-    for col, bad, why in DROP_MARKS:
-        if col in df.columns:
-            mask = pl.col(col).fill_null(not bad) == bad
-            n = df.select(mask.sum()).item()
-            if n:
-                parts.append(f"{n} {why}")
-            dropped = dropped | mask
-    if "screen_error" in df.columns:
-        n = df.select(pl.col("screen_error").is_not_null().sum()).item()
-        if n:
-            parts.append(f"{n} that screening could not ask")
-        dropped = dropped | pl.col("screen_error").is_not_null()
+    reasons = drop_reasons(df.columns)
+    counts = df.select([m.sum().alias(str(i)) for i, (m, _) in enumerate(reasons)]).row(0) if reasons else ()
+    parts = [f"{n} {why}" for n, (_, why) in zip(counts, reasons) if n]
+    dropped = dropped_expr(df.columns)
     kept = df.filter(~dropped)
     if kept.height == df.height:
         return df, None

@@ -121,3 +121,26 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
             exprs.append(pl.lit(None, dtype=dtype).alias(name))
     extra = [c for c in df.columns if c not in schema]
     return df.select(exprs + [pl.col(c) for c in extra])
+
+
+#: How a stage marks a row it dropped: (column, the value that drops, why). Every later stage leaves
+#: these rows out -- balance's candidates and export's rows -- so the rule lives here, once.
+DROP_MARKS = (
+    ("blind", True, "answerable without the image (screening)"),
+    ("rule_drop", True, "flagged by the rule filters"),
+    ("review_kept", False, "rejected by reviewers"),
+)
+
+
+def drop_reasons(columns) -> list[tuple[pl.Expr, str]]:
+    """``(mask, why)`` for each drop mark present in ``columns`` (a null mark does not drop), plus
+    ``screen_error`` (an item screening could not ask was never screened)."""
+    out = [(pl.col(col).fill_null(not bad) == bad, why) for col, bad, why in DROP_MARKS if col in columns]
+    if "screen_error" in columns:
+        out.append((pl.col("screen_error").is_not_null(), "that screening could not ask"))
+    return out
+
+
+def dropped_expr(columns) -> pl.Expr:
+    """True for a row some earlier stage dropped (see ``drop_reasons``)."""
+    return pl.any_horizontal([m for m, _ in drop_reasons(columns)] or [pl.lit(False)])
