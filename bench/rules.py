@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate import ingest
+from curate.ingest import ingest
 from filters.rules import CHECKS, RuleConfig, run_rules
 
 REPO = Path(__file__).resolve().parents[1]

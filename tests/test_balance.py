@@ -198,7 +198,7 @@ def test_replace_keeps_capability_and_difficulty_and_changes_one_item():
 
 def test_real_seed_bench_pool_with_suggested_dimensions(shared_data):
     """SEED-Bench's own text: hide half the categories, suggest them back, balance on them."""
-    from curate import ingest
+    from curate.ingest import ingest
     from curate.suggest import suggest
 
     items = ingest(shared_data / "text_pools" / "SEEDBench_IMG_vila13b.xlsx")

@@ -120,7 +120,7 @@ def test_tsv_is_vlmevalkit_mcq_and_round_trips_through_ingest(items, tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from curate import ingest
+    from curate.ingest import ingest
 
     out = export(items, tmp_path / "MyBench", fmt="tsv")
     tsv = out / "MyBench.tsv"
@@ -148,7 +148,7 @@ def test_tsv_is_vlmevalkit_mcq_and_round_trips_through_ingest(items, tmp_path):
 
 
 def test_jsonl_round_trips_through_ingest(items, tmp_path):
-    from curate import ingest
+    from curate.ingest import ingest
 
     out = export(items, tmp_path / "j", fmt="jsonl")
     back = ingest(out / "j.jsonl")

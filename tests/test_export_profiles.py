@@ -195,7 +195,7 @@ def _round_trip_key(df: pl.DataFrame) -> list[dict]:
 
 
 def test_hf_export_read_back_by_ingest_keeps_category_and_dimension(clean, tmp_path):
-    from curate import ingest
+    from curate.ingest import ingest
 
     out = export(clean, tmp_path / "hf", fmt="hf")
     want = _round_trip_key(clean)
@@ -207,7 +207,7 @@ def test_identity_class_labels_stay_option_indexes(clean, tmp_path):
     """A Hub set whose answer is ClassLabel(num_classes=4) ("0".."3"): the id is the option index."""
     import datasets
 
-    from curate import ingest
+    from curate.ingest import ingest
 
     image = clean["images"][0][0]["bytes"]
     feats = datasets.Features({"question": datasets.Value("string"), "options": datasets.List(datasets.Value("string")),

@@ -66,7 +66,7 @@ def make_items(rows: list[dict]) -> pl.DataFrame:
 
 def load_items(path: Path) -> pl.DataFrame:
     """A real benchmark file as items, through the project's own ingest."""
-    from curate import ingest
+    from curate.ingest import ingest
 
     return ingest([path])
 

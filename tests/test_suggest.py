@@ -16,7 +16,7 @@ from curate.workspace import Workspace
 @pytest.fixture(scope="module")
 def pools(shared_data) -> pl.DataFrame:
     """3,000 SEED-Bench + all ScienceQA test questions, as ingested (categories mapped by the taxonomy)."""
-    from curate import ingest
+    from curate.ingest import ingest
 
     tp = shared_data / "text_pools"
     seed = ingest(tp / "SEEDBench_IMG_vila13b.xlsx").sample(n=3000, seed=0)

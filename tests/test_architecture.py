@@ -1,0 +1,84 @@
+"""The import direction of the layers (issue #14): the foundation imports nothing above it.
+
+Layers, bottom up: the foundation inside ``curate/`` (errors, schema, workspace, taxonomy, assets,
+console, groups); the stage packages ``filters/`` and ``annotation/``, which may import only the
+foundation; the application (the other ``curate`` modules: ingest, balance, export, audit, the
+pipeline and the CLI). A static scan of every import statement -- function-level ones included,
+since a lazy import is still a dependency -- so the rule holds for code paths no test runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOUNDATION = {"curate.errors", "curate.schema", "curate.workspace", "curate.taxonomy", "curate.assets",
+              "curate.console", "curate.groups"}
+# The command-line layer of a stage package may reach the application (it prints the audit's throughput line).
+CLI_MODULES = {"filters/cli.py", "annotation/cli.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an ``import`` / ``from ... import`` names in ``path`` (absolute imports)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def curate_modules(names: set[str]) -> set[str]:
+    """The ``curate`` modules among ``names`` (``curate.x.y`` -> ``curate.x``; names that are not modules dropped)."""
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == "curate" and len(parts) > 1 and (ROOT / "curate" / f"{parts[1]}.py").exists() or \
+                parts[0] == "curate" and len(parts) > 1 and (ROOT / "curate" / parts[1]).is_dir():
+            out.add(".".join(parts[:2]))
+    return out
+
+
+@pytest.mark.parametrize("package", ["filters", "annotation"])
+def test_stage_packages_import_only_the_foundation(package):
+    offenders = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in CLI_MODULES:
+            continue
+        above = curate_modules(imported_modules(path)) - FOUNDATION
+        if above:
+            offenders[rel] = sorted(above)
+    assert not offenders, f"{package}/ imports curate modules above the foundation: {offenders}"
+
+
+def test_foundation_imports_nothing_above_it():
+    offenders = {}
+    for module in sorted(FOUNDATION):
+        path = ROOT / (module.replace(".", "/") + ".py")
+        names = imported_modules(path)
+        above = {n for n in names if n.split(".")[0] in ("filters", "annotation")} | (curate_modules(names) - FOUNDATION)
+        if above:
+            offenders[module] = sorted(above)
+    assert not offenders, f"foundation modules import from above: {offenders}"
+
+
+def test_importing_the_foundation_loads_no_stage():
+    """``from curate.errors import UserError`` must not pull in ingest (polars readers, PIL) or a stage package."""
+    code = (
+        "import sys\n"
+        "import curate.errors, curate.schema, curate.workspace, curate.taxonomy, curate.groups\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('filters', 'annotation') or m in "
+        "('curate.ingest', 'curate.audit', 'curate.balance', 'curate.export', 'PIL'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"importing the foundation loaded: {out.stdout.strip()}"
