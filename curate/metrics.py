@@ -30,8 +30,13 @@ import polars as pl
 from curate.normalize import split_embedded_options
 
 from curate.errors import UserError
+from curate.mc import extract, match_mmstar, match_option_text
 from curate.schema import LETTERS
 from curate.workspace import workspace_command
+
+#: The old names of the matchers, for callers of this module (one implementation: curate.mc).
+extract_mmstar = match_mmstar
+extract_option_text = match_option_text
 
 MATCHERS = ("mmstar", "option_text")
 #: MMStar's bins over 16 models (easy 12-16 solvers, moderate 8-11, hard 4-7, tough 0-3),
@@ -46,110 +51,6 @@ _ZERO_SHOT_NAME = re.compile(r"(?i)zero[-_ ]?shot")
 #: Key columns, most specific first.
 KEY_COLUMNS = ("item_id", "index", "id", "question_id")
 PREDICTION_COLUMNS = ("prediction", "response", "output")
-
-#: Phrases a model uses to refuse; such a reply never counts as an option.
-_REFUSALS = ("sorry, i can't help with images", "i can't process this file", "without the image provided", "cannot determine the answer")
-_TOKEN_SPLIT = re.compile(r"[\s.,:;!?()\[\]{}*#\"`]+")
-_ANSWER_IS = re.compile(r"(?i)answer\s+is\s*:?\s*\(?([A-J])(?![A-Za-z])")
-_BARE_LETTER = re.compile(r"^\(?([A-Ja-j])\)?[.:)]?$")
-
-
-# ----------------------------------------------------------------------------------------
-# answer extraction
-# ----------------------------------------------------------------------------------------
-def extract_mmstar(reply: str | None, n_options: int | None = None) -> str | None:
-    """The option letter MMStar's official evaluator credits ``reply`` with, or None.
-
-    MMStar lower-cases and strips the reply and checks, in order: the first character; the
-    character after a leading ``(``; after a leading ``option ``; after a leading
-    ``the answer is ``. (These are prefix checks in MMStar's script, not substring checks.)
-    A reply is a hit when that character equals the key. Note the rule's known quirk, kept on
-    purpose to reproduce MMStar's numbers: a sentence starting with the word "a" reads as
-    option A. A letter beyond the item's option count is no answer.
-
-    >>> extract_mmstar("B. The cat"), extract_mmstar("(c) red"), extract_mmstar("The answer is D")
-    ('B', 'C', 'D')
-    >>> extract_mmstar("Option 2") is None
-    True
-    """
-    if reply is None:
-        return None
-    p = str(reply).lower().strip().replace("\n", " ")
-    valid = LETTERS[: n_options or len(LETTERS)].lower()
-    cand = None
-    if p[:1] and p[0] in valid:
-        cand = p[0]
-    elif p.startswith("(") and len(p) > 1:
-        cand = p[1]
-    elif p.startswith("option ") and len(p) > 7:
-        cand = p[7]
-    elif p.startswith("the answer is ") and len(p) > 14:
-        cand = p[14]
-    return cand.upper() if cand and cand in valid else None
-
-
-def _norm(text: str) -> str:
-    return " ".join(str(text).lower().split())
-
-
-def extract_option_text(reply: str | None, options: list[str] | None) -> str | None:
-    """A VLMEvalKit ``can_infer``-like extraction that also reads option texts.
-
-    Order: a reply that is only a letter (``"b"``, ``"(C)"``); exactly one capital option
-    letter among the reply's tokens, when it is among the last five tokens (VLMEvalKit's guard
-    against "A" used as an article) or opens the reply as ``"C."``/``"C)"``/``"(C)"``; else
-    ``answer is X``; else exactly one option's text found in the reply (whole words,
-    case-insensitive). Anything else -- including refusals -- is no answer (None).
-
-    >>> extract_option_text("C. The clock tower", ["dog", "cat", "The clock tower", "bus"])
-    'C'
-    >>> extract_option_text("A cat sitting on the mat next to the door", ["dog", "cat"])
-    'B'
-    >>> extract_option_text("Both the dog and the cat", ["dog", "cat"]) is None
-    True
-    """
-    if reply is None:
-        return None
-    text = str(reply).strip()
-    if not text:
-        return None
-    # An empty option inside the range is still an option (SEED-Bench's "None" options were
-    # lost to NaN in VLMEvalKit's files): its letter counts, its text cannot be matched.
-    opts = [o if o is not None else "" for o in (options or [])]
-    letters = LETTERS[: len(opts)] if opts else LETTERS
-    valid = set(letters)
-    lowered = _norm(text)
-    if any(r in lowered for r in _REFUSALS):
-        return None
-    bare = _BARE_LETTER.match(text)
-    if bare and bare.group(1).upper() in valid:
-        return bare.group(1).upper()
-    tokens = [t for t in _TOKEN_SPLIT.split(text) if t]
-    found = {t for t in tokens if t in valid}
-    if len(found) == 1:
-        (letter,) = found
-        last = max(i for i, t in enumerate(tokens) if t == letter)
-        if last >= len(tokens) - 5 or re.match(rf"^\(?{letter}[.):]", text):
-            return letter
-    said = [m for m in _ANSWER_IS.findall(text) if m.upper() in valid]
-    if said:
-        return said[-1].upper()
-    named = [
-        L
-        for L, opt in zip(letters, opts)
-        if _norm(opt) and re.search(rf"(?<!\w){re.escape(_norm(opt))}(?!\w)", lowered)
-    ]
-    return named[0] if len(named) == 1 else None
-
-
-def extract(reply: str | None, options: list[str] | None, matcher: str = "mmstar") -> str | None:
-    """Dispatch to the named matcher (``mmstar`` or ``option_text``)."""
-    if matcher == "mmstar":
-        return extract_mmstar(reply, len(options) if options else None)
-    if matcher == "option_text":
-        return extract_option_text(reply, options)
-    raise UserError(f"matcher={matcher!r} is not known; use one of {MATCHERS}")
-
 
 # ----------------------------------------------------------------------------------------
 # reading prediction files

@@ -19,11 +19,11 @@ byte-identical. Each batch is committed to the cache as soon as it is done.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from curate.mc import match_generated as extract_answer  # one implementation, in curate.mc
 from curate.schema import LETTERS
 from filters.cache import ResponseCache, request_key
 from filters.prompts import TEMPLATE_VERSION, Prompt
@@ -34,58 +34,6 @@ class Response:
     letter: str | None  # the member's answer, None when a generated reply matches no option
     probs: tuple[float, ...] | None  # loglik: probability of each option (sums to 1)
     raw: str | None  # generate: the reply text
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
-
-
-def extract_answer(reply: str, options: list[str]) -> str | None:
-    """The option letter a free-text reply names, or ``None`` when it names none (or several).
-
-    Rules in order (first that yields exactly one letter wins): MMStar's patterns "(x",
-    "option x", "the answer is x" / "answer: x"; the reply starts with the letter followed by
-    punctuation or the end ("B", "B.", "B) red"); exactly one option's text appears in the reply
-    (whole words, lower-cased); the reply starts with the letter and a space (MMStar's plain
-    first-character rule, last, and not for "a"/"i", which start "a circle" and "I think").
-
-    >>> extract_answer("The answer is (B).", ["red", "blue"])
-    'B'
-    >>> extract_answer("blue", ["red", "blue"])
-    'B'
-    >>> extract_answer("I cannot see the image.", ["red", "blue"]) is None
-    True
-    """
-    letters = LETTERS[: len(options)].lower()
-    s = reply.strip().lower().lstrip("*_`\"' ")
-    if not s:
-        return None
-    cls = f"[{letters}]"
-    patterns = [
-        rf"\(({cls})\)", rf"\(({cls})\b", rf"\boption\s*({cls})\b", rf"\banswer\s*(?:is|:)\s*\(?({cls})\b",
-    ]
-    for pat in patterns:
-        found = set(re.findall(pat, s))
-        if len(found) == 1:
-            return found.pop().upper()
-        if len(found) > 1:
-            return None
-    m = re.match(rf"({cls})(?:$|[.):,\]*_`\"']|\s*$)", s)
-    if m:
-        return m.group(1).upper()
-    norm_reply = f" {_norm(s)} "
-    matched = [i for i, opt in enumerate(options) if _norm(str(opt)) and f" {_norm(str(opt))} " in norm_reply]
-    if len(matched) == 1:
-        return LETTERS[matched[0]]
-    if len(matched) > 1:  # "red" inside "dark red": prefer the one option whose text is longest and unique
-        longest = max(matched, key=lambda i: len(_norm(str(options[i]))))
-        if all(_norm(str(options[i])) in _norm(str(options[longest])) for i in matched):
-            return LETTERS[longest]
-        return None
-    m = re.match(rf"({cls})\s", s)
-    if m and m.group(1) not in "ai":  # "a circle", "i think": an article or pronoun, not a letter
-        return m.group(1).upper()
-    return None
 
 
 def softmax(logprobs: list[float]) -> tuple[float, ...]:
