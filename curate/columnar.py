@@ -26,8 +26,10 @@ from curate.normalize import (
     SOURCE_L2_ALIASES,
     NormalizeOptions,
     _dimension_lookup,
+    source_aliases,
     _extra_letters,
 )
+from curate.formats.tables import IMAGE_COLUMNS  # a table with images is unfit for this path
 from curate.schema import ITEM_SCHEMA, LETTERS, MAX_OPTIONS, MIN_OPTIONS
 
 #: Exactly the characters Python's ``str.isspace()`` accepts, so ``strip_chars`` strips as ``str.strip()`` does.
@@ -40,8 +42,6 @@ _JSON_HARD = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 #: Unicode version (letters assigned since Unicode 1.1, no unassigned gaps): ASCII graphics, Latin-1
 #: and Latin Extended-A, basic Greek and Cyrillic, kana, CJK, Hangul. Other questions take the row path.
 _SURELY_VISIBLE = r"[!-~\u00c0-\u017f\u0391-\u03a1\u03a3-\u03a9\u03b1-\u03c9\u0410-\u044f\u3041-\u3096\u30a1-\u30fa\u4e00-\u9fa5\uac00-\ud7a3]"
-#: Columns that make a table unfit for this path (images, list-valued options, MathVista metadata).
-_IMAGE_COLUMNS = ("image", "images", "decoded_image")
 
 
 def applicable(df: pl.DataFrame, opts: NormalizeOptions) -> bool:
@@ -50,7 +50,7 @@ def applicable(df: pl.DataFrame, opts: NormalizeOptions) -> bool:
     return (
         not opts.column_map
         and all(dtype == pl.String for dtype in df.schema.values())
-        and not cols & set(_IMAGE_COLUMNS)
+        and not cols & set(IMAGE_COLUMNS)
         and not cols & set(FIELD_ALIASES["options"])
         and "metadata" not in cols
         and "A" in cols
@@ -159,9 +159,11 @@ def normalize_frame(df: pl.DataFrame, opts: NormalizeOptions) -> tuple[pl.DataFr
         pl.col("__options").list.get(answer_idx).alias("answer_text"),
         pl.lit([], ITEM_SCHEMA["images"]).alias("images"),
         pl.lit(0, pl.Int32).alias("n_images"),
-        _first_text([c for c in SOURCE_CATEGORY_ALIASES if c in present]).alias("source_category"),
-        _first_text([c for c in SOURCE_L2_ALIASES if c in present]).alias("source_l2_category"),
+        _first_text(source_aliases(SOURCE_CATEGORY_ALIASES, present)).alias("source_category"),
+        _first_text(source_aliases(SOURCE_L2_ALIASES, present)).alias("source_l2_category"),
         _meta_json(cols).alias("meta"),
+        _first_text(aliases["category"]).alias("__given_category"),
+        _first_text(aliases["l2_category"]).alias("__given_l2"),
     )
     fast = _with_dimensions(fast, opts)
     return fast.select([pl.col(c).cast(t) for c, t in ITEM_SCHEMA.items()]), slow
@@ -174,10 +176,11 @@ def _extra_columns(present: set[str]) -> list[str]:
 
 def _with_dimensions(items: pl.DataFrame, opts: NormalizeOptions) -> pl.DataFrame:
     """MMStar capability / dimension per distinct source-category pair (a handful per benchmark)."""
-    keys = items.select("source_category", "source_l2_category").unique(maintain_order=True)
-    looked = [_dimension_lookup(opts.taxonomy, opts.source, sc, sl2) for sc, sl2 in keys.iter_rows()]
+    on = ["source_category", "source_l2_category", "__given_category", "__given_l2"]
+    keys = items.select(on).unique(maintain_order=True)
+    looked = [_dimension_lookup(opts.taxonomy, opts.source, *k) for k in keys.iter_rows()]
     table = keys.with_columns(
         pl.Series("category", [c for c, _ in looked], pl.String),
         pl.Series("l2_category", [d for _, d in looked], pl.String),
     )
-    return items.join(table, on=["source_category", "source_l2_category"], how="left", nulls_equal=True, maintain_order="left")
+    return items.join(table, on=on, how="left", nulls_equal=True, maintain_order="left")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from curate.schema import LETTERS
 from filters.checks import check_frame
 from filters.leak import normalise_text
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from filters.rules import RuleConfig
 
 NAME = "malformed"
-LETTERS = "ABCDEFGHIJ"
 
 #: Option texts that refer to other options instead of stating an answer (matched on normalised text).
 _TRAPS = [
