@@ -8,7 +8,6 @@ stage resumes inside itself through its SQLite answer cache.
 from __future__ import annotations
 
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from rich.console import Console
 from curate.console import log_console
 
 from curate.assets import asset_path
+from curate.config import Param, check_table, check_value, read_toml, suggest
 from curate.errors import UserError
 
 STAGES = ("ingest", "screen", "review", "balance", "export")
@@ -45,30 +45,36 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-KNOWN = {
-    "workdir": None,
-    "seed": None,
-    "ingest": {"sources", "open_to_mcq"},
-    "screen": {"panel", "limit"},
-    "review": {"url", "project", "min_reviewers"},
-    "balance": {"total", "strict"},
-    "export": {"to", "formats"},
+#: What a pipeline file accepts, section by section (``curate.config`` checks it: unknown keys and bad
+#: values stop the run with the file, the parameter, the value and the fix).
+SPEC: dict[str, dict[str, Param] | Param] = {
+    "workdir": Param((str,)),
+    "seed": Param((int,), low=0),
+    "ingest": {"sources": Param((list,), each=str), "open_to_mcq": Param((bool,))},
+    "screen": {"panel": Param((str,)), "limit": Param((int,), low=1)},
+    "review": {"url": Param((str,)), "project": Param((str,)), "min_reviewers": Param((int,), low=1)},
+    "balance": {"total": Param((int,), low=1), "strict": Param((bool,))},
+    "export": {"to": Param((str,)), "formats": Param((list,), each=str)},
 }
+#: The keys of each section (kept for callers that list them).
+KNOWN = {k: (set(v) if isinstance(v, dict) else None) for k, v in SPEC.items()}
 
 
 def load_config(path: Path) -> PipelineConfig:
-    """Read a pipeline TOML; unknown keys are errors (a typo must not silently change a run)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: cannot read pipeline config ({exc})") from exc
+    """Read a pipeline TOML; unknown keys and values of the wrong type are errors (a typo must not
+    silently change a run, and ``seed = "x"`` must not end in a traceback)."""
+    raw = read_toml(path, "pipeline config")
+    src = str(path)
     for key, value in raw.items():
-        if key not in KNOWN:
-            raise UserError(f"{path}: unknown key {key!r}; expected one of {sorted(KNOWN)}")
-        if isinstance(value, dict):
-            bad = set(value) - (KNOWN[key] or set())
-            if bad:
-                raise UserError(f"{path}: unknown key(s) {sorted(bad)} in [{key}]; expected {sorted(KNOWN[key] or [])}")
+        if key not in SPEC:
+            raise UserError(f"{src}: unknown key {key!r}{suggest(key, SPEC)}; valid keys: {', '.join(SPEC)}")
+        rule = SPEC[key]
+        if isinstance(rule, dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{src}: {key} = {value!r} is invalid; write it as a [{key}] section")
+            check_table(src, key, value, rule)
+        else:
+            check_value(src, "", key, value, rule)
     base = Path(path).resolve().parent
     if "workdir" not in raw:
         raise UserError(f"{path}: missing `workdir = \"...\"` (the workspace folder)")

@@ -59,11 +59,35 @@ def test_run_config_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match=r"unknown key 'balanse'"):
         load_config(cfg)
     cfg.write_text('workdir = "ws"\n[ingest]\nsources = ["a.tsv"]\n[balance]\ntotl = 10\n')
-    with pytest.raises(UserError, match=r"unknown key\(s\) \['totl'\] in \[balance\]"):
+    with pytest.raises(UserError, match=r"unknown key 'totl' in \[balance\] \(did you mean 'total'\?\)"):
         load_config(cfg)
     res = mmcurate("run", str(cfg), cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("error:")
+
+
+@pytest.mark.parametrize("top, section, message", [
+    ('seed = "x"\n', "", r"run.toml: seed = 'x' is invalid; it must be an integer >= 0"),
+    ("seed = -1\n", "", r"run.toml: seed = -1 is out of range; it must be an integer >= 0"),
+    ("balance = 3\n", "", r"balance = 3 is invalid; write it as a \[balance\] section"),
+    ("", '[balance]\ntotal = "1500"\n', r"balance.total = '1500' is invalid; it must be an integer >= 1"),
+    ("", '[balance]\nstrict = "yes"\n', r"balance.strict = 'yes' is invalid; it must be a boolean \(true/false\)"),
+    ("", '[export]\nformats = "hf"\n', r"export.formats = 'hf' is invalid; it must be a list of str"),
+    ("", "[export]\nformats = [1]\n", r"export.formats = \[1\] is invalid"),
+])
+def test_run_config_values_are_checked_with_the_fix(tmp_path, top, section, message):
+    """Every config error names the file, the parameter, the value and what it must be -- never a bare ValueError."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('workdir = "ws"\n' + top + '[ingest]\nsources = ["a.tsv"]\n' + section)
+    with pytest.raises(UserError, match=message):
+        load_config(cfg)
+
+
+def test_run_config_syntax_error_is_one_line(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("workdir = \n")
+    with pytest.raises(UserError, match=r"run.toml: not valid TOML"):
+        load_config(cfg)
 
 
 def test_run_config_paths_are_relative_to_the_file(tmp_path, shared_data):
