@@ -498,7 +498,7 @@ def write_difficulty(workdir: str | Path, runs: list[Predictions], *, matcher: s
         table = items.select("item_id").join(table, on="item_id", how="left")  # keep the original order
     else:
         table, matched = add_difficulty(items, counts)
-    path = ws.write(stage, table)
+    stage, path = ws.annotate("difficulty", table.select("item_id", *DIFFICULTY_COLUMNS))
     bins = {name: int((table["difficulty"] == name).sum()) for name, _ in DIFFICULTY_BINS}
     known = set(table["item_id"].to_list()) | set(table["orig_index"].to_list())
     unused = sum(1 for k in counts["key"].to_list() if k not in known)

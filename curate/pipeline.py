@@ -195,7 +195,7 @@ def _balance(cfg: PipelineConfig, ws, console: Console) -> None:
     from curate.balance import balance_workspace
     from curate.cli_build import print_balance
 
-    upstream = ws.newest(("reviewed", "screened", "items"))
+    upstream = ws.newest()
     if _fresh(ws, "balanced", upstream):
         console.print("balanced.parquet is up to date: skipped")
         return

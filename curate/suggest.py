@@ -33,9 +33,9 @@ import polars as pl
 
 from curate.errors import UserError
 from curate.taxonomy import Taxonomy, default_taxonomy
+from curate.stages import SUGGEST_COLUMNS  # the registry names what suggest adds
 from curate.workspace import workspace_command
 
-SUGGEST_COLUMNS = ("suggested_l2_category", "suggested_category", "suggested_prob", "suggested_by")
 MIN_PER_CLASS = 3  # CalibratedClassifierCV's internal 3-fold split needs 3 examples per class
 
 
@@ -258,7 +258,6 @@ def suggest_workspace(workdir, *, seed: int = 0) -> tuple[str, pl.DataFrame]:
     from curate.workspace import Workspace
 
     ws = Workspace(workdir)
-    stage = ws.newest(("reviewed", "screened", "items"))
-    df = suggest(ws.read(stage), seed=seed)
-    ws.write(stage, df)
+    df = suggest(ws.read(ws.newest()), seed=seed)
+    stage, _ = ws.annotate("suggest", df.select("item_id", *[c for c in SUGGEST_COLUMNS if c in df.columns]))
     return stage, df

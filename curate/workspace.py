@@ -58,15 +58,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import UserError
-from curate.schema import LEDGER_SCHEMA, conform, empty_ledger, validate_ledger
+from curate.schema import LEDGER_SCHEMA, SchemaError, conform, empty_ledger, validate_items, validate_ledger
+from curate.stages import CANDIDATE_STAGES, STAGE_FILES, annotation
 
-#: Stage name -> file name. Order is pipeline order; later stages are "newer".
-STAGE_FILES: dict[str, str] = {
-    "items": "items.parquet",
-    "screened": "screened.parquet",
-    "reviewed": "reviewed.parquet",
-    "balanced": "balanced.parquet",
-}
 LEDGER_FILE = "ledger.parquet"
 MANIFEST_FILE = "manifest.json"
 JOURNAL_FILE = ".journal.json"
@@ -533,8 +527,15 @@ class Workspace:
         return read_parquet_checked(current, shown=path)
 
     def write(self, stage: str, df: pl.DataFrame) -> Path:
-        """Write a stage file: at the end of the running transaction, or now as a transaction of its own."""
+        """Write a stage file: at the end of the running transaction, or now as a transaction of its own.
+
+        Every stage file holds items (``curate.schema``'s contract: the item columns, unique ids, letters
+        in range), so a stage that would write a broken table fails here, before anything is replaced."""
         path = self.path(stage)
+        try:
+            validate_items(df, what=f"{path.name} (stage {stage!r})")
+        except SchemaError as exc:
+            raise UserError(f"{self.root}: not written: {exc}") from None
         with self.transaction() as tx:
             tx.write_parquet(path.name, df)
         return path
@@ -545,12 +546,26 @@ class Workspace:
             tx.write_text(name, text)
         return self.root / name
 
-    def newest(self, stages: Iterable[str] = ("reviewed", "screened", "items")) -> str:
+    def newest(self, stages: Iterable[str] = CANDIDATE_STAGES) -> str:
         """The newest stage present among ``stages`` (given newest first)."""
         for stage in stages:
             if self.has(stage):
                 return stage
         raise UserError(f"{self.root}: none of the stage files {[STAGE_FILES[s] for s in stages]} exist")
+
+    def annotate(self, name: str, columns: pl.DataFrame) -> tuple[str, Path]:
+        """Add the columns of annotation ``name`` (``curate.stages.ANNOTATIONS``) to the newest stage file it
+        may annotate, joined by ``item_id``; columns of the same names are replaced, rows not in ``columns``
+        get nulls. The one way a step writes into a file another stage wrote -- visible in the registry."""
+        spec = annotation(name)
+        unknown = [c for c in columns.columns if c != "item_id" and c not in spec.adds]
+        if "item_id" not in columns.columns or unknown:
+            raise UserError(f"annotation {name!r} adds {list(spec.adds)} by item_id; got columns {columns.columns}")
+        stage = self.newest(spec.into)
+        table = self.read(stage)
+        added = [c for c in columns.columns if c != "item_id"]
+        table = table.drop([c for c in added if c in table.columns]).join(columns, on="item_id", how="left", maintain_order="left")
+        return stage, self.write(stage, table)
 
     # -- ledger ------------------------------------------------------------------------
     @property

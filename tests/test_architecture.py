@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOUNDATION = {"curate.errors", "curate.schema", "curate.workspace", "curate.taxonomy", "curate.assets",
-              "curate.console", "curate.groups", "curate.mc", "curate.config"}
+              "curate.console", "curate.groups", "curate.mc", "curate.config", "curate.stages"}
 # The command-line layer of a stage package may reach the application (it prints the audit's throughput line).
 CLI_MODULES = {"filters/cli.py", "annotation/cli.py"}
 
