@@ -14,6 +14,12 @@ Keyboard (Label Studio gives every Choice WITHOUT a hotkey one of its own, so ev
 has an explicit one): ``y``/``n`` needs the image, ``k``/``x`` key right/wrong, the item's own
 option letters (lower case) for the corrected key, dimensions by number within their capability
 (capabilities 1-3: keys 1-9, capabilities 4-6: shift+1-9). No key does two things.
+
+Version contract: ``CONFIG_VERSION`` changes when the XML changes (controls, data fields read,
+layout or CSS), because ``annotation.client.ensure_project`` refuses a project whose stored config
+differs. Suspect keys (issue #18) needed no change: their evidence travels inside ``options_html``
+(inline styles) and the reviewer answers the existing ``key_correct`` question, so the config is
+still v2 and projects made before item-stats keep accepting pushes.
 """
 
 from __future__ import annotations

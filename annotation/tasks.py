@@ -8,6 +8,13 @@ that decide an item ("needs the image", "key right") are NEVER pre-filled: items
 because the panel mostly failed them, so a pre-filled "yes" would be accepted by a reviewer
 pressing submit on an untouched task. The panel's hit share is shown as evidence instead.
 
+Items whose key the vision models doubt (``suspect_key`` from ``mmcurate item-stats``) carry the
+evidence (``suspect_evidence``) right under the options, beside the marked key, and in the task data
+field ``suspect_evidence`` (present only on such tasks: it records that the reviewer was shown it).
+The reviewer answers the existing "is the key right?" question (k / x); ``annotation.verdicts``
+turns that answer into ``review_key_confirmed``. No new control, so the labeling config (v2) is
+unchanged and projects made before item-stats existed keep working.
+
 Images travel as base64 data URIs when the pool is small (the task is self-contained, any
 server shows it); a large pool goes through Label Studio's local-file storage rooted at the
 workspace instead (the sqlite database stays small). Only files inside the workspace are
@@ -112,8 +119,12 @@ def member_columns(columns: list[str]) -> dict[str, str]:
 
 
 def evidence_text(row: dict[str, Any], members: dict[str, str]) -> str:
-    """What the text-only panel did with this item (image withheld), as a few plain lines."""
+    """What the text-only panel did with this item (image withheld), as a few plain lines
+    (plus the suspect-key evidence when item-stats flagged the key)."""
     lines = []
+    doubt = suspect_evidence(row)
+    if doubt:
+        lines.append(f"Suspect key: {doubt}.")
     hits, n = row.get("hits"), row.get("n_members")
     if hits is not None and n:
         lines.append(f"{hits} of {n} text-only panel members answered correctly without the image.")
@@ -194,16 +205,42 @@ def hint_html(hint: str | None) -> str:
     return f'<div class="mmc-hint"><b>Hint:</b> {html.escape(hint)}</div>' if hint else ""
 
 
-def options_html(options: list[str] | None, answer: str | None) -> str:
-    """The options as a list; the key's line highlighted and tagged "KEY" at its start, not lost at the end."""
+#: Shown instead of the evidence when an item is flagged but item-stats left no text.
+SUSPECT_FALLBACK = "the vision models' answers disagree with this key"
+#: Inline styles (the config's CSS is part of its version contract; Label Studio's sanitiser keeps ``style``).
+_SUSPECT_TAG_STYLE = "background: #b71c1c;"
+_SUSPECT_BOX_STYLE = "background: #fdecea; border: 1px solid #b71c1c;"
+
+
+def suspect_evidence(row: dict[str, Any]) -> str | None:
+    """The suspect-key evidence to show for ``row``; None when the key is not suspect (or unknown)."""
+    if row.get("suspect_key") is not True:
+        return None
+    text = str(row.get("suspect_evidence") or "").strip()
+    return text or SUSPECT_FALLBACK
+
+
+def options_html(options: list[str] | None, answer: str | None, suspect: str | None = None) -> str:
+    """The options as a list; the key's line highlighted and tagged "KEY" at its start, not lost at the end.
+
+    ``suspect``: the evidence against the key (``suspect_evidence``). The key's line is then also
+    tagged "DOUBTED" and the evidence follows the list, so the reviewer reads it beside the key
+    before answering "is the key right?". Without it the output is exactly the plain list.
+    """
     key = (answer or "").strip().upper()
     lines = []
     for letter, text in zip(LETTERS, options or []):
         is_key = letter == key
         tag = '<span class="mmc-keytag">KEY</span>' if is_key else ""
+        if is_key and suspect:
+            tag += f'<span class="mmc-keytag mmc-doubted" style="{_SUSPECT_TAG_STYLE}">DOUBTED</span>'
         cls = ' class="mmc-key"' if is_key else ""
         lines.append(f"<li{cls}><b>{letter}.</b> {html.escape(str(text))}{tag}</li>")
-    return '<ul class="mmc-opts">' + "".join(lines) + "</ul>"
+    out = '<ul class="mmc-opts">' + "".join(lines) + "</ul>"
+    if suspect:
+        out += (f'<div class="mmc-hint mmc-suspect" style="{_SUSPECT_BOX_STYLE}"><b>Is the key wrong?</b> '
+                f"{html.escape(suspect)}. Check it before answering (k keeps the key, x marks it wrong).</div>")
+    return out
 
 
 def letter_choices(options: list[str] | None) -> list[dict[str, str]]:
@@ -311,10 +348,13 @@ def item_to_task(row: dict[str, Any], plan: ImagePlan, *, members: dict[str, str
         "evidence": evidence_text(row, members or {}),
     }
     dim = suggested_dimension(row, tax)
+    doubt = suspect_evidence(row)
+    if doubt:
+        data["suspect_evidence"] = doubt  # what the reviewer was shown (verdicts: review_key_confirmed)
     data.update(
         images_html=images_html(data["images"]),
         hint_html=hint_html(row.get("hint")),
-        options_html=options_html(row.get("options"), row.get("answer")),
+        options_html=options_html(row.get("options"), row.get("answer"), doubt),
         evidence_html=evidence_html(row, members or {}, dim, suggested_score(row) if dim and dim != row.get("l2_category") else None),
         item_id_html=f'<div class="mmc-id">item {html.escape(str(item_id))}</div>',
         **{LETTER_CHOICES: letter_choices(row.get("options"))},

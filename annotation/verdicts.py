@@ -13,6 +13,14 @@ Provenance: Label Studio marks each answer of a submitted annotation with its ``
 unanswered; the dimension falls back to accepted suggestions only when no reviewer picked one.
 Every verdict records the source of each answer ("reviewer" / "suggestion").
 
+Suspect keys (``suspect_key`` from ``mmcurate item-stats``): the task showed the evidence beside
+the key (``annotation.tasks``; the task data field ``suspect_evidence`` records that it was shown),
+and the existing "key correct" answer is the reviewer's reply to it -- no parallel question.
+``review_key_confirmed`` is True when the evidence was shown and every reviewer who answered
+"key correct" themselves kept the key; False when any reviewer marked it wrong; null when the item
+is not suspect, nobody answered, or the task predates the evidence (nobody was asked about it).
+Balance leaves a suspect item out unless this is True.
+
 Agreement is reported per question (needs image, key correct, dimension) as Fleiss' kappa over
 all reviewers (the variable-raters form: items with >= 2 reviewers) and Cohen's kappa for every
 reviewer pair (scikit-learn), so a team sees whether its reviewers read the guidelines alike.
@@ -65,6 +73,7 @@ REVIEW_COLUMNS: dict[str, pl.DataType] = {
     "review_n_decided": pl.Int32(),  # reviewers who answered both central questions themselves
     "review_suggestions_accepted": pl.Int32(),  # answers that were pre-annotations submitted untouched
     "review_dimension_source": pl.String(),  # "reviewer" / "suggestion" (no reviewer picked one) / null
+    "review_key_confirmed": pl.Boolean(),  # suspect key: shown and kept (True) / marked wrong (False) / null
 }
 REVIEWER, SUGGESTION = "reviewer", "suggestion"
 
@@ -259,12 +268,43 @@ def _majority_dimension(vs: list[Verdict], suggested: str | None, taxonomy: Taxo
     return pick, round(top / len(vs), 4), source
 
 
+def key_confirmed(vs: list[Verdict], suspect: bool, shown: bool) -> bool | None:
+    """``review_key_confirmed`` for one item (rule in the module docstring).
+
+    Only a reviewer's own "key correct" answer counts (never a pre-filled one). A "key wrong" is
+    False even when the evidence was not shown: the key is wrong either way. A "key right" is
+    True only when the evidence was shown: a reviewer who never saw the doubt did not clear it.
+    """
+    if not suspect:
+        return None
+    answers = [v.key_correct for v in vs if v.key_correct is not None]
+    if not answers:
+        return None
+    if False in answers:
+        return False
+    return True if shown else None
+
+
+def _suspect_detail(confirmed: bool | None, shown: bool, n_answers: int) -> str:
+    if confirmed is True:
+        return f"suspect key: the evidence was shown and all {n_answers} reviewers kept the key"
+    if confirmed is False:
+        return "suspect key: a reviewer marked the key wrong"
+    if not shown:
+        return "suspect key, but the task was pushed before item-stats and did not show the evidence: not cleared"
+    return "suspect key: no reviewer has answered 'is the key right?' yet"
+
+
 def _verdict_json(vs: list[Verdict]) -> str:
     return json.dumps([{k: val for k, val in vars(x).items() if k != "item_id"} for x in vs], ensure_ascii=False)
 
 
-def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, taxonomy: Taxonomy) -> dict[str, Any]:
-    """Review columns for one item from its verdicts (see module docstring for the rule)."""
+def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, taxonomy: Taxonomy, *,
+                suspect: bool = False, shown: bool = False) -> dict[str, Any]:
+    """Review columns for one item from its verdicts (see module docstring for the rule).
+
+    ``suspect``: the stage marks the key suspect; ``shown``: its task showed the evidence.
+    """
     n = len(vs)
     dim, share, dim_source = _majority_dimension(vs, suggested, taxonomy)
     wrong = [v for v in vs if v.key_correct is False]
@@ -282,6 +322,7 @@ def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, ta
         "review_n_decided": sum(v.decided() for v in vs),
         "review_suggestions_accepted": sum(src == SUGGESTION for v in vs for src in v.sources.values()),
         "review_dimension_source": dim_source,
+        "review_key_confirmed": key_confirmed(vs, suspect, shown),
     }
     text_ok = [v for v in vs if v.needs_image is False]
     incomplete = [v for v in vs if v.needs_image is None or v.key_correct is None]
@@ -303,8 +344,23 @@ def decide_item(vs: list[Verdict], min_reviewers: int, suggested: str | None, ta
     else:
         status, reason = "kept", "reviewers_agree"
         details.append(f"all {n} reviewers: needs the image, key correct; dimension {dim!r}")
+    if suspect:
+        details.append(_suspect_detail(row["review_key_confirmed"], shown, sum(v.key_correct is not None for v in vs)))
     row.update(review_kept=status == "kept", review_status=status, review_reason=reason, _detail="; ".join(details))
     return row
+
+
+def shown_evidence(tasks: list[dict[str, Any]]) -> set[str]:
+    """item_ids whose task showed the suspect-key evidence (``suspect_evidence`` in the task data)."""
+    return {(t.get("data") or {}).get("item_id") for t in tasks if (t.get("data") or {}).get("suspect_evidence")}
+
+
+def suspect_counts(table: pl.DataFrame) -> dict[str, int]:
+    """Suspect-key items of a reviewed table by outcome (for review_agreement.json and the console)."""
+    sus = table.filter(pl.col("suspect_key").fill_null(False))
+    conf = sus["review_key_confirmed"]
+    return {"suspect": sus.height, "confirmed": int(conf.eq(True).sum()),
+            "rejected": int(conf.eq(False).sum()), "not_cleared": int(conf.is_null().sum())}
 
 
 def decide(
@@ -326,13 +382,16 @@ def decide(
     tax = taxonomy or default_taxonomy()
     verdicts = collect_verdicts(tasks, emails)
     in_project = {(t.get("data") or {}).get("item_id") for t in tasks}
+    shown = shown_evidence(tasks)
     eligible = review_mask(stage)
     rows, ledger = [], []
-    for rec, ok in zip(stage.select([c for c in ("item_id", "source_file", "row", "l2_category", SUGGESTED_COLUMN) if c in stage.columns]).iter_rows(named=True), eligible):
+    wanted = ("item_id", "source_file", "row", "l2_category", SUGGESTED_COLUMN, "suspect_key")
+    for rec, ok in zip(stage.select([c for c in wanted if c in stage.columns]).iter_rows(named=True), eligible):
         item_id = rec["item_id"]
         if item_id in in_project:
             suggested = rec.get("l2_category") or rec.get(SUGGESTED_COLUMN)
-            row = decide_item(verdicts.get(item_id, []), min_reviewers, suggested, tax)
+            row = decide_item(verdicts.get(item_id, []), min_reviewers, suggested, tax,
+                              suspect=rec.get("suspect_key") is True, shown=item_id in shown)
         else:
             row = decide_item([], min_reviewers, None, tax)
             if ok:
@@ -349,7 +408,10 @@ def decide(
     table = pl.concat([stage.drop([c for c in REVIEW_COLUMNS if c in stage.columns]), review], how="horizontal")
     ledger_df = pl.DataFrame(ledger, schema={"source_file": pl.String, "row": pl.Int64, "item_id": pl.String, "status": pl.String, "reason": pl.String, "field": pl.String, "detail": pl.String})
     counts = dict(Counter(r["review_status"] or "not_for_review" for r in rows))
-    return PullResult(table, ledger_df, agreement(verdicts), counts)
+    report = agreement(verdicts)
+    if "suspect_key" in table.columns:
+        report["suspect_key"] = suspect_counts(table)
+    return PullResult(table, ledger_df, report, counts)
 
 
 @workspace_command("review pull")

@@ -2,8 +2,10 @@
 
 Prints ingest / screen / report times, samples/s (one sample = one question asked of one
 member, control questions included) and the projected time for MMStar's scale -- 22,401
-items x 8 members -- at the measured rate, for members run one after another (as ``screen``
-runs them) and for 8 endpoints serving in parallel.
+items x 8 members -- at the measured rate, for members run one after another and for 8
+endpoints serving in parallel; and, from the members' own model time, this panel's time as
+``screen`` runs it (in-process members take turns, remote members run at the same time: the
+slowest lane sets the time, not the sum). Also prints the blind-answerable share beyond chance.
 
 Two ways to measure the rate:
 
@@ -15,8 +17,8 @@ Two ways to measure the rate:
   vLLM panel would run (``--concurrency`` parallel requests).
 
 The full run (no ``--limit``, default panel) takes hours on 2 CPU cores; ``--limit 200``
-gives the rate in a few minutes. Each run uses a fresh cache, so the rate is never a cache hit
-rate. Only one process on the machine may load the 1.5B model at a time.
+gives the rate in a few minutes. Each run uses a fresh cache in its report folder (never the
+per-user cache ``audit`` shares by default), so the rate is never a cache hit rate. Only one process on the machine may load the 1.5B model at a time.
 
     python bench/audit.py --limit 200
     python bench/audit.py --from-summary REPORT/summary.json   # the projection from a finished audit's own rate
@@ -98,16 +100,23 @@ def _from_summary(path: Path) -> None:
     if proj is None:
         raise SystemExit(f"{path}: no fresh model calls recorded (a fully cached run measures no rate)")
     print(projection_line(proj))
+    if summary.get("beyond_chance"):
+        bc = summary["beyond_chance"]
+        print(f"blind-answerable beyond chance: {bc['share']:.4f} (95 % CI {bc['lo']:.4f}-{bc['hi']:.4f}); raw {summary['blind_share']}")
     n = (summary.get("sample") or {}).get("of") or summary["n_items"]  # a --sample run projects to the whole benchmark
     whole = projection(members, items=n, n_members=len(members))
-    print(f"all {n:,} items of {summary.get('label')} with this panel at that rate: {whole['hours_in_turn']:.2f} h of model time")
+    print(f"all {n:,} items of {summary.get('label')} with this panel at that rate: {whole['hours_in_turn']:.2f} h of model time, "
+          f"{whole['hours_this_panel']:.2f} h as the screen runs its members")
     print(json.dumps({"source": summary.get("label"), "items": n, "samples_per_s": round(proj["samples_per_s"], 3), **_projection_figures(proj)}))
 
 
 def _projection_figures(proj: dict) -> dict:
     """The JSON keys both modes print (MMStar's scale, ``curate.audit.MMSTAR_POOL``)."""
-    return {"projected_hours_22401x8_sequential": round(proj["hours_in_turn"], 2),
-            "projected_hours_22401x8_8_parallel_endpoints": round(proj["hours_parallel"], 2)}
+    out = {"projected_hours_22401x8_sequential": round(proj["hours_in_turn"], 2),
+           "projected_hours_22401x8_8_parallel_endpoints": round(proj["hours_parallel"], 2)}
+    if proj.get("hours_this_panel") is not None and proj.get("panel_members"):
+        out["projected_hours_22401_this_panel"] = round(proj["hours_this_panel"], 2)  # concurrent members: the slowest lane
+    return out
 
 
 def main() -> None:
@@ -130,7 +139,7 @@ def main() -> None:
         _from_summary(args.from_summary)
         return
 
-    from curate.audit import audit_table, projection, projection_line, resolve_panel, summarize
+    from curate.audit import audit_table, headline, projection, projection_line, resolve_panel, summarize
     from curate.ingest import ingest
     from curate.report import write_report
 
@@ -164,7 +173,8 @@ def main() -> None:
         controls = panel.control_size * n_members
 
         t0 = time.perf_counter()
-        table, info, threshold = audit_table([work], panel=panel, workdir=work, limit=args.limit, progress=True)
+        table, info, threshold = audit_table([work], panel=panel, workdir=work, limit=args.limit, progress=True,
+                                             cache_path=work / "screen_cache.sqlite")
         t_screen = time.perf_counter() - t0
     finally:
         if server is not None:
@@ -194,11 +204,16 @@ def main() -> None:
         "samples_per_s": round(rate, 3),
         "report_seconds": round(t_report, 2),
         "blind_share": summary["blind_share"],
+        "beyond_chance": summary.get("beyond_chance"),
         **_projection_figures(proj),
     }
+    own = projection(summary["members"])  # the members' own model time, concurrency accounted for
     print(f"screen: {samples} samples ({n_items} items x {n_members} member(s) + {controls} controls) in {t_screen:.1f} s -> {rate:.2f} samples/s")
-    print(f"report: {report / 'report.html'} in {t_report:.2f} s; blind share {summary['blind_share']}")
+    print(f"report: {report / 'report.html'} in {t_report:.2f} s; {headline(summary)}")
     print(projection_line(proj) + " (a GPU vLLM endpoint's rate replaces this machine's; re-run with --endpoint against it via --panel)")
+    if own is not None:
+        print("from the members' own model time: " + projection_line(own))
+        figures["projected_hours_22401_this_panel"] = round(own["hours_this_panel"], 2)
     if args.limit is not None and args.limit < items.height:
         whole = projection(run, items=items.height, n_members=n_members)
         print(f"projection for all {items.height:,} items of {args.source.name}: {whole['hours_in_turn']:.1f} h")

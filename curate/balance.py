@@ -17,6 +17,15 @@ every constraint, so the program has one integer count per such *cell* (a few hu
 instead of one binary per item (100,000). Items are then taken from each cell in a fixed,
 seeded order. Only near-duplicate groups that straddle cells keep one binary per member.
 
+Within a cell items are taken in a fixed order: the most confident dimension first (``_conf``),
+then -- when item-stats added a ``discriminability`` column and ``prefer_discriminative`` is on
+(the default) -- the most discriminative item (undefined last), then the seeded key. The order
+only decides *which* items of a cell fill the count the program chose for it, so it can never
+cost a capability, dimension, source or difficulty quota. With ``keep_ranking`` (a per-item,
+per-model "solved" matrix, ``curate.item_stats.correct_matrix``) the items of each cell are chosen
+instead by ``curate.item_stats.keep_ranking_subset`` with the program's cell counts as exact
+quotas, so the subset ranks the models like the full set does -- again without touching a quota.
+
 Priority among an item's dimension columns: ``l2_category`` (MMStar strings, when set and
 known to the taxonomy), then ``review_dimension`` (a reviewer's label), then
 ``suggested_l2_category`` (the classifier's suggestion, see ``curate.suggest``).
@@ -25,6 +34,9 @@ Two integrity rules hold for every selection (``balance`` and ``replace``):
 
 * an item without any image (``n_images`` 0 / empty ``images``) is never selected unless
   ``allow_no_image=True``: a vision benchmark of text-only questions measures nothing;
+* an item whose key item-stats flagged (``suspect_key`` true) is never selected unless a reviewer
+  saw the evidence and kept the key (``review_key_confirmed`` true, ``annotation.verdicts``);
+  ``balance_workspace`` gives each one a ledger row ``suspect_key``;
 * never two items of one group, where a group joins ``group_id`` (copies of one question,
   ``curate.groups``: circular copies, translations, the same image and question twice) and
   ``near_duplicate_group`` transitively (``curate.groups.linked_groups``). A table without
@@ -36,7 +48,8 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -55,7 +68,10 @@ DIFFICULTY_LEVELS = ("easy", "moderate", "hard", "tough")
 W_CAPABILITY, W_SOURCE, W_DIMENSION, W_DIFFICULTY, W_TIE = 1e6, 1e4, 1e2, 1.0, 1e-4
 
 DEFAULT_SOURCE_CAP = 0.5
-_HELPERS = ("_conf", "_key", "_source", "_difficulty", "_group", "_unit", "_co", "_do", "_linked")
+_HELPERS = ("_conf", "_key", "_source", "_difficulty", "_group", "_unit", "_co", "_do", "_linked", "_disc")
+#: Ledger reason of a suspect key no reviewer cleared.
+SUSPECT_REASON = "suspect_key"
+DISCRIMINABILITY = "discriminability"
 SHORTFALL_SCHEMA = {
     "capability": pl.String(),
     "dimension": pl.String(),  # null on a capability's total row
@@ -82,9 +98,22 @@ def not_dropped(items: pl.DataFrame) -> pl.DataFrame:
     return items.filter(~dropped_expr(items.columns))
 
 
+def suspect_expr(columns) -> pl.Expr:
+    """True for a row whose key item-stats flagged and no reviewer cleared (False without ``suspect_key``)."""
+    if "suspect_key" not in columns:
+        return pl.lit(False)
+    flagged = pl.col("suspect_key").fill_null(False)
+    if "review_key_confirmed" not in columns:
+        return flagged
+    return flagged & ~pl.col("review_key_confirmed").fill_null(False)
+
+
 def eligible(items: pl.DataFrame, *, allow_no_image: bool = False) -> pl.DataFrame:
-    """Rows no earlier stage dropped (``not_dropped``) and, unless ``allow_no_image``, with an image."""
+    """Rows no earlier stage dropped (``not_dropped``), without an uncleared suspect key
+    (``suspect_expr``) and, unless ``allow_no_image``, with an image."""
     df = not_dropped(items)
+    if "suspect_key" in df.columns:
+        df = df.filter(~suspect_expr(df.columns))
     return df if allow_no_image else df.filter(~no_image_expr(df.columns))
 
 
@@ -93,8 +122,8 @@ def candidates(items: pl.DataFrame, *, taxonomy: Taxonomy | None = None, exclude
     """Rows the balancer may choose, with resolved ``category``/``l2_category`` and helper columns.
 
     Dropped rows (``blind`` true, ``rule_drop`` true, ``review_kept`` false -- each only when
-    the column exists), rows without any image (unless ``allow_no_image``) and rows without a
-    known dimension are left out. Added columns: ``dimension_from`` (l2_category / review /
+    the column exists), uncleared suspect keys (``suspect_expr``), rows without any image (unless
+    ``allow_no_image``) and rows without a known dimension are left out. Added columns: ``dimension_from`` (l2_category / review /
     suggestion) and ``_conf`` (1.0 for a label, the suggestion's probability otherwise; higher
     is taken first within a cell).
     """
@@ -140,6 +169,19 @@ def _difficulty(df: pl.DataFrame) -> pl.Series | None:
     if d.null_count() == len(d):
         return None
     return d
+
+
+def pool_difficulty_mix(levels: pl.Series) -> dict[str, float]:
+    """Level -> share among the candidates: the difficulty mix ``--keep-ranking`` uses.
+
+    Why not MMStar's even mix: difficulty bins count how many of the *same* models solved an item,
+    so an even mix fixes most of each model's accuracy on the subset by itself (on MMStar with its 3
+    public result files it moved every accuracy by ~0.2 whatever the within-cell choice); keeping
+    the pool's own mix leaves the accuracies, hence the ranking, to be matched.
+    """
+    counts = levels.drop_nulls().value_counts()
+    total = int(counts["count"].sum())
+    return {lvl: n / total for lvl, n in counts.iter_rows()} if total else {}
 
 
 def _tie_keys(item_ids: Iterable[str], seed: int) -> np.ndarray:
@@ -218,6 +260,8 @@ def balance(
     taxonomy: Taxonomy | None = None,
     time_limit: float = 60.0,
     allow_no_image: bool = False,
+    prefer_discriminative: bool = True,
+    keep_ranking: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Choose a balanced subset of ``items``; return ``(selected, shortfall)``.
 
@@ -234,6 +278,12 @@ def balance(
     strict : raise ``UserError`` when any capability or dimension is short.
     exclude : item_ids never to select (e.g. items rejected earlier).
     allow_no_image : also select items without any image (default: never).
+    prefer_discriminative : within a cell, take items with a higher ``discriminability`` first
+        (only when that column exists; see the module docstring). Never changes a quota.
+    keep_ranking : ``item_id`` + one Boolean column per model (``curate.item_stats.correct_matrix``
+        over the full set): choose each cell's items so that the models rank on the selection as
+        on all rows of this table. Never changes a quota; the difficulty mix defaults to the
+        pool's own (``pool_difficulty_mix``) instead of an even one.
 
     ``selected`` keeps every input column, sets ``category``/``l2_category`` to the resolved
     capability/dimension, and adds ``dimension_from`` (and ``group_id``/``group_reason`` when
@@ -262,12 +312,16 @@ def balance(
             f"(l2_category, review_dimension or suggested_l2_category); run `mmcurate suggest` first{hint}"
         )
     diff = _difficulty(cand)
+    if keep_ranking is not None and difficulty_mix is None and diff is not None:
+        difficulty_mix = pool_difficulty_mix(diff)
     cand = cand.with_columns(
         pl.Series("_key", _tie_keys(cand["item_id"].to_list(), seed)),
         pl.col("source").fill_null("(unknown)").alias("_source"),
         (diff if diff is not None else pl.lit(None, dtype=pl.String)).alias("_difficulty"),
         pl.col("_linked").alias("_group"),  # copies (group_id) and near-duplicates, joined
     )
+    if prefer_discriminative and DISCRIMINABILITY in cand.columns:
+        cand = cand.with_columns(pl.col(DISCRIMINABILITY).cast(pl.Float64).fill_nan(None).alias("_disc"))
     # One unit per item, except that a group of copies / near-duplicates counts once.
     cand = cand.with_columns(pl.coalesce(pl.col("_group"), pl.lit("\x00") + pl.col("item_id")).alias("_unit"))
 
@@ -285,8 +339,9 @@ def balance(
             f"{cap_dims[empty[0]]}); add items for it, or give per_capability without it"
         )
 
+    picker = None if keep_ranking is None else _ranking_picker(keep_ranking, seed)
     chosen_ids = _solve(cand, shares, cap_dims, diff is not None, difficulty_mix,
-                        _source_cap(source_cap, total), seed, time_limit)
+                        _source_cap(source_cap, total), seed, time_limit, picker)
 
     cap_order = {c: i for i, c in enumerate(cap_names)}
     dim_order = {d.name: i for i, d in enumerate(tax.dimensions)}
@@ -311,15 +366,64 @@ def balance(
     return selected, shortfall
 
 
-def _solve(cand, shares, cap_dims, has_diff, difficulty_mix, cap, seed, time_limit) -> list[str]:
-    """Build and solve the cell-level program; return the chosen item_ids."""
+def _within_cell_order(cand: pl.DataFrame) -> pl.DataFrame:
+    """The documented within-cell order: confidence, then discriminability (when used), then the seeded key."""
+    if "_disc" not in cand.columns:
+        return cand.sort(["_conf", "_key"], descending=[True, False])
+    return cand.sort(["_conf", "_disc", "_key"], descending=[True, True, False], nulls_last=True)
+
+
+#: ``picker(cells, fixed) -> item_ids``: ``cells`` is ``[(cell name, item_ids in order, count)]``
+#: as the program allotted them, ``fixed`` the item_ids chosen one by one (straddling groups).
+Picker = Callable[[list[tuple[str, list[str], int]], list[str]], list[str]]
+
+
+def _first_n(cells: list[tuple[str, list[str], int]], fixed: list[str]) -> list[str]:
+    """The default picker: each cell's first ``count`` items in the within-cell order."""
+    chosen = [i for _, ids, n in cells for i in ids[:n]]
+    return chosen + fixed
+
+
+def _ranking_picker(correct: pl.DataFrame, seed: int) -> Picker:
+    """A picker that fills each cell's count with the items keeping the full set's model ranking.
+
+    The full set is every row of ``correct``; candidates no model has a result for get null rows
+    (they carry no ranking information and are taken only to fill a count).
+    """
+    from curate.item_stats import keep_ranking_subset
+
+    models = [c for c, t in correct.schema.items() if t == pl.Boolean]
+    if not models:
+        raise UserError("--keep-ranking: the result files give no model column to rank")
+
+    def pick(cells: list[tuple[str, list[str], int]], fixed: list[str]) -> list[str]:
+        stratum = {i: name for name, ids, _ in cells for i in ids} | {i: "\x00fixed" for i in fixed}
+        quotas = {name: n for name, _, n in cells} | {"\x00fixed": len(fixed)}
+        base = correct.select("item_id", *models)
+        known = set(base["item_id"].to_list())
+        missing = [i for i in stratum if i not in known]
+        if missing:
+            base = pl.concat([base, pl.DataFrame({"item_id": missing}).with_columns(
+                pl.lit(None, dtype=pl.Boolean).alias(m) for m in models)], how="vertical")
+        table = base.with_columns(pl.col("item_id").replace_strict(stratum, default="\x00other",
+                                                                   return_dtype=pl.String).alias("_stratum"))
+        quotas["\x00other"] = 0
+        res = keep_ranking_subset(table, sum(quotas.values()), models=models, strata="_stratum", quotas=quotas,
+                                  candidates=list(stratum), seed=seed)
+        return list(res.item_ids)
+
+    return pick
+
+
+def _solve(cand, shares, cap_dims, has_diff, difficulty_mix, cap, seed, time_limit, picker: Picker | None = None) -> list[str]:
+    """Build and solve the cell-level program; return the chosen item_ids (``picker`` fills each cell's count)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_array
 
     # Units: a near-duplicate group collapses to its best member when all its members sit in
     # one cell; groups that straddle cells keep one binary variable per member.
     cell_cols = ["l2_category", "_source", "_difficulty"]
-    cand = cand.sort(["_conf", "_key"], descending=[True, False])
+    cand = _within_cell_order(cand)
     grp = cand.filter(pl.col("_group").is_not_null())
     straddling = set(
         grp.group_by("_group").agg(pl.struct(cell_cols).n_unique().alias("n")).filter(pl.col("n") > 1)["_group"].to_list()
@@ -455,10 +559,10 @@ def _solve(cand, shares, cap_dims, has_diff, difficulty_mix, cap, seed, time_lim
     if res.status != 0:
         warnings.warn(f"balance: solver stopped early ({res.message}); gap {res.mip_gap:.2e}", stacklevel=3)
     x = np.rint(res.x[:n_x]).astype(int)
-    chosen: list[str] = []
-    for ids, n in zip(cells["item_id"].to_list(), x[:n_cell]):
-        chosen.extend(ids[:n])
-    chosen.extend(loose["item_id"].filter(pl.Series(x[n_cell:] > 0)).to_list() if n_loose else [])
+    names = ["\x1f".join("" if v is None else str(v) for v in r) for r in rows_cell]
+    alloc = [(name, ids, int(n)) for name, ids, n in zip(names, cells["item_id"].to_list(), x[:n_cell])]
+    fixed = loose["item_id"].filter(pl.Series(x[n_cell:] > 0)).to_list() if n_loose else []
+    chosen = (picker or _first_n)(alloc, fixed)
     _solve.last = {"objective": float(res.fun), "gap": float(res.mip_gap or 0.0), "status": int(res.status),
                    "variables": n_var, "constraints": row}
     return chosen
@@ -512,12 +616,14 @@ def replace(
     exclude: Iterable[str] = (),
     taxonomy: Taxonomy | None = None,
     allow_no_image: bool = False,
+    prefer_discriminative: bool = True,
 ) -> Replacement:
     """Swap one rejected item for an unselected candidate of the same capability and difficulty.
 
     MMStar's rule. Nothing else changes, and among the eligible candidates the one that
     disturbs the balance least wins: same dimension first, then same source, then one whose
-    source stays within its cap, then the most confident dimension, then the seeded key. A
+    source stays within its cap, then the most confident dimension, then (``prefer_discriminative``,
+    when the column exists) the most discriminative, then the seeded key. A
     candidate whose group (copies or near-duplicates, as in ``balance``) already has a
     selected member is never taken, nor a copy of the rejected item itself (the same question),
     nor an item without an image unless ``allow_no_image``.
@@ -553,7 +659,12 @@ def replace(
         (pl.col("l2_category") == old["l2_category"]).alias("_same_dim"),
         (pl.col("source") == old["source"]).fill_null(False).alias("_same_src"),
         (~pl.col("source").is_in(over)).fill_null(True).alias("_in_cap"),
-    ).sort(["_same_dim", "_same_src", "_in_cap", "_conf", "_key"], descending=[True, True, True, True, False])
+    )
+    order = ["_same_dim", "_same_src", "_in_cap", "_conf", "_key"]
+    if prefer_discriminative and DISCRIMINABILITY in pool.columns:
+        pool = pool.with_columns(pl.col(DISCRIMINABILITY).cast(pl.Float64).fill_nan(None).alias("_disc"))
+        order.insert(4, "_disc")
+    pool = pool.sort(order, descending=[c != "_key" for c in order], nulls_last="_disc" in order)
     new = pool.head(1).select([c for c in selected.columns if c in pool.columns])
     pos = ids.index(item_id)
     out = pl.concat([selected.slice(0, pos), new, selected.slice(pos + 1)], how="diagonal_relaxed").select(selected.columns)
@@ -573,6 +684,11 @@ class BalanceResult(NamedTuple):
     shortfall: pl.DataFrame
     warnings: list[str]
     suggested: bool  # dimension suggestions were computed because items lacked a dimension
+    #: items left out because item-stats flagged their key and no reviewer cleared it; None
+    #: when the input has no ``suspect_key`` column (the report then says nothing about it)
+    suspect_excluded: int | None = None
+    #: ``--keep-ranking``: Kendall's tau and accuracy differences (``ranking_report``), else None
+    ranking: dict | None = None
 
 
 def _rejected(ws) -> list[str]:
@@ -610,14 +726,53 @@ def _ledger_rows(items: pl.DataFrame, pool: pl.DataFrame, selected: pl.DataFrame
     )
 
 
+def _suspect_rows(items: pl.DataFrame, rejected: list[str], allow_no_image: bool) -> pl.DataFrame:
+    """Ledger rows ``suspect_key`` for kept items left out only because their key is uncleared.
+
+    An item without an image (and no ``allow_no_image``) keeps its ``no_image`` row instead, so
+    every left-out item has exactly one reason.
+    """
+    df = not_dropped(items).filter(suspect_expr(items.columns) & ~pl.col("item_id").is_in(rejected))
+    if not allow_no_image:
+        df = df.filter(~no_image_expr(df.columns))
+    evidence = pl.col("suspect_evidence") if "suspect_evidence" in df.columns else pl.lit(None, dtype=pl.String)
+    cleared = ("no reviewer cleared it" if "review_key_confirmed" in df.columns
+               else "not reviewed (review shows the evidence; a reviewer who keeps the key clears it)")
+    return df.select(
+        "source_file", "row", "item_id", status=pl.lit("dropped"), reason=pl.lit(SUSPECT_REASON),
+        detail=pl.concat_str([pl.lit(f"item-stats flagged the key and {cleared}"),
+                              pl.lit(": ") + evidence.cast(pl.String)], ignore_nulls=True),
+    )
+
+
+def ranking_report(correct: pl.DataFrame, selected: list[str], baseline: list[str] | None = None) -> dict:
+    """Kendall's tau between the models' accuracies on ``correct`` (the full set) and on ``selected``,
+    per-model accuracy differences (subset - full), and the same for ``baseline`` (the same quotas
+    filled in the plain within-cell order, i.e. without ``--keep-ranking``) so the gain is visible."""
+    from curate.item_stats import ranking_agreement
+
+    out = dict(ranking_agreement(correct, selected))
+    out["full_set"] = correct.height
+    out["selected_with_results"] = int(correct["item_id"].is_in(selected).sum())
+    if baseline is not None:
+        base = ranking_agreement(correct, baseline)
+        out["baseline"] = {k: base.get(k) for k in ("tau", "accuracy_diff", "max_abs_diff")}
+    return out
+
+
 @workspace_command("balance")
 def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: int = 0, strict: bool = False,
-                      source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False) -> BalanceResult:
+                      source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False,
+                      prefer_discriminative: bool = True, keep_ranking: Iterable[str | Path] | None = None,
+                      matcher: str = "mmstar") -> BalanceResult:
     """Balance the newest of reviewed / screened / items; write ``balanced.parquet`` and the ledger.
 
     Items rejected earlier with ``--replace`` stay out, and so do items without an image unless
-    ``allow_no_image`` (each gets a ledger row ``no_image``). Items without a dimension get one
-    suggested first (``curate.suggest``). Nothing is written when it raises.
+    ``allow_no_image`` (each gets a ledger row ``no_image``) and items whose key item-stats flagged
+    without a reviewer clearing it (ledger row ``suspect_key``). Items without a dimension get one
+    suggested first (``curate.suggest``). ``keep_ranking``: VLMEvalKit result files; each cell's
+    items are then chosen to keep the models' ranking on the candidate pool (the full set), and
+    the result carries ``ranking_report``. Nothing is written when it raises.
     """
     from curate.schema import validate_items
     from curate.workspace import Workspace
@@ -626,11 +781,22 @@ def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: 
     stage = ws.newest(INPUT_STAGES)
     items = ws.read(stage)
     rejected = _rejected(ws)
+    paths = [Path(p) for p in keep_ranking or ()]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         items, suggested = _with_dimensions(ensure_groups(items), allow_no_image)
-        selected, shortfall = balance(items, total=total, per_capability=per_capability, seed=seed, strict=strict,
-                                      source_cap=source_cap, exclude=rejected, allow_no_image=allow_no_image)
+        opts = {"total": total, "per_capability": per_capability, "seed": seed, "strict": strict, "source_cap": source_cap,
+                "exclude": rejected, "allow_no_image": allow_no_image, "prefer_discriminative": prefer_discriminative}
+        correct = _correct_matrix(paths, items, rejected, allow_no_image, matcher) if paths else None
+        selected, shortfall = balance(items, keep_ranking=correct, **opts)
+    ranking = None
+    if correct is not None:
+        levels = _difficulty(candidates(items, exclude=rejected, allow_no_image=allow_no_image))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same program: its warnings were caught above
+            plain, _ = balance(items, difficulty_mix=None if levels is None else pool_difficulty_mix(levels), **opts)
+        ranking = ranking_report(correct, selected["item_id"].to_list(), plain["item_id"].to_list())
+        ranking["results"] = [str(p) for p in paths]
     validate_items(selected, f"{ws.path('balanced')}")
     ws.write("balanced", selected)
     pool = candidates(items, exclude=rejected, allow_no_image=allow_no_image)
@@ -642,18 +808,40 @@ def balance_workspace(workdir, *, total: int = 1500, per_capability=None, seed: 
                 "source_file", "row", "item_id", status=pl.lit("dropped"), reason=pl.lit("no_image"),
                 detail=pl.lit("the item has no image; a vision benchmark needs one (mmcurate balance --allow-no-image selects such items)"),
             )], how="vertical_relaxed")
+    suspect = None
+    if "suspect_key" in items.columns:
+        sus = _suspect_rows(items, rejected, allow_no_image)
+        suspect = sus.height
+        if sus.height:
+            led = pl.concat([led, sus], how="vertical_relaxed")
     if rejected:
         rej = items.filter(pl.col("item_id").is_in(rejected)).select(
             "source_file", "row", "item_id", status=pl.lit("dropped"), reason=pl.lit("rejected"),
             detail=pl.lit("rejected by a reviewer (mmcurate balance --replace); never selected again"))
         led = pl.concat([led, rej], how="vertical_relaxed")
     ws.record(BALANCE_STAGE, led)
-    return BalanceResult(stage, selected, shortfall, [str(w.message) for w in caught], suggested)
+    return BalanceResult(stage, selected, shortfall, [str(w.message) for w in caught], suggested, suspect, ranking)
+
+
+def _correct_matrix(paths: list[Path], items: pl.DataFrame, rejected: list[str], allow_no_image: bool,
+                    matcher: str) -> pl.DataFrame:
+    """Solved / not solved per candidate and model from the result files (the full set = the pool)."""
+    from curate.item_stats import correct_matrix_from_files
+
+    pool = candidates(items, exclude=rejected, allow_no_image=allow_no_image)["item_id"]
+    # Matched against the whole stage table: a result row of a dropped item is not "unknown".
+    correct = correct_matrix_from_files(paths, items, matcher=matcher).filter(pl.col("item_id").is_in(pool.implode()))
+    models = [c for c, t in correct.schema.items() if t == pl.Boolean]
+    if not models or correct.height == 0:
+        raise UserError(f"--keep-ranking: none of the {len(paths)} result files matches an item of the candidate pool "
+                        "(rows are matched by item_id, else by the source's index)")
+    return correct.filter(pl.any_horizontal(pl.col(models).is_not_null()))
 
 
 @workspace_command("balance")
 def replace_in_workspace(workdir, item_id: str, *, seed: int = 0,
-                         source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False) -> Replacement:
+                         source_cap: float | int | None = DEFAULT_SOURCE_CAP, allow_no_image: bool = False,
+                         prefer_discriminative: bool = True) -> Replacement:
     """Replace one item of ``balanced.parquet`` (MMStar's rule) and record both sides in the ledger."""
     from curate.workspace import Workspace
 
@@ -667,7 +855,8 @@ def replace_in_workspace(workdir, item_id: str, *, seed: int = 0,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the suggester's notes were shown when balancing
         items, _ = _with_dimensions(ensure_groups(ws.read(ws.newest(INPUT_STAGES))), allow_no_image)
-    rep = replace(selected, items, item_id, seed=seed, source_cap=source_cap, exclude=rejected, allow_no_image=allow_no_image)
+    rep = replace(selected, items, item_id, seed=seed, source_cap=source_cap, exclude=rejected, allow_no_image=allow_no_image,
+                  prefer_discriminative=prefer_discriminative)
     ws.write("balanced", rep.selected)
     both = pl.concat([selected.filter(pl.col("item_id") == item_id), rep.selected.filter(pl.col("item_id") == rep.added)],
                      how="diagonal_relaxed")

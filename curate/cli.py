@@ -63,10 +63,14 @@ def _register_all() -> None:
     from curate import cli_pipeline
     from curate import cli_check
     from filters import cli as filters_cli
+    from filters import cli_panel
     from annotation import cli as annotation_cli
 
-    for module in (cli_ingest, filters_cli, annotation_cli, cli_build, cli_check, cli_audit, cli_pipeline):
+    for module in (cli_ingest, filters_cli, cli_panel, annotation_cli, cli_build, cli_check, cli_audit, cli_pipeline):
         module.register(app)
+    from curate import cli_items  # issue #18: item-stats
+
+    cli_items.register(app)
 
 
 _register_all()

@@ -41,28 +41,36 @@ def audit_cmd(
     members: Annotated[Optional[str], typer.Option(help="Comma-separated panel members to use (default: all).")] = None,
     rules: Annotated[bool, typer.Option("--rules/--no-rules", help="Run the rule filters (leaks, duplicates, malformed).")] = True,
     title: Annotated[Optional[str], typer.Option(help="Report title.")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite response cache (default: one per user, shared by every workspace and audit: $MMCURATE_CACHE/responses.sqlite, else ~/.cache/mmcurate/responses.sqlite).")] = None,
+    results: Annotated[Optional[list[Path]], typer.Option("--results", help="Model result files (VLMEvalKit .xlsx/.tsv, one per model; repeat the option): the report adds suspect keys, discriminability and the no-model/every-model shares.")] = None,
 ) -> None:
     """Screen a benchmark with a text-only panel and write an HTML report of how much is answerable blind."""
-    from curate.audit import audit, projection_line, throughput_line
+    from curate.audit import audit, headline, pct_range, projection_line, prompts_line, throughput_line
 
     summary = audit(
         sources, panel=panel, report_dir=report, compare=compare, limit=limit,
         members=[m.strip() for m in members.split(",")] if members else None, rules=rules, title=title, sample=sample, seed=seed,
+        cache_path=cache,
+        **({"results": results} if results else {}),  # curate.audit.audit(results=...), issue #18
     )
     if summary.get("sample"):
         smp = summary["sample"]
         out.print(f"a random sample of {smp['n']:,} of {smp['of']:,} items (stratified by source, seed {smp['seed']})")
-    b = summary["blind"]
     copies = summary.get("n_questions", summary["n_items"]) != summary["n_items"]
     if copies:
         out.print(f"{summary['n_items']:,} items hold {summary['n_questions']:,} distinct questions: copies of one question count once")
-    out.print(f"[bold]{b['k']} of {b['n']} {'questions' if copies else 'items'} blind-answerable: {_pct(b['share'])}[/] (95 % CI {_pct(b['ci95'][0]) if b['ci95'] else '–'}–{_pct(b['ci95'][1]) if b['ci95'] else '–'}; a guessing panel: {_pct(b.get('chance_blind'))})")
+    out.print(f"[bold]{headline(summary)}[/]", highlight=False)
+    for note in summary.get("notes") or []:
+        out.print(f"note: {safe(note)}", highlight=False)
     table = Table(title="per source")
-    for col in ("source", "items", "blind", "share", "chance"):
+    for col in ("source", "items", "blind", "share", "expected by chance", "beyond chance", "95 % CI"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for name, g in summary["by_source"].items():
-        table.add_row(safe(name), str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(g.get("chance_blind")))
+        bc = g.get("beyond_chance") or {}
+        table.add_row(safe(name), str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(bc.get("chance")), _pct(bc.get("share")), pct_range(bc.get("lo"), bc.get("hi")))
     out.print(table)
+    if prompts_line(summary):
+        out.print(prompts_line(summary), highlight=False)
     for name, m in summary.get("members", {}).items():
         if m.get("throughput"):
             out.print(throughput_line(name, m["throughput"]), highlight=False)
@@ -71,6 +79,10 @@ def audit_cmd(
     if summary.get("compare"):
         c = summary["compare"]
         out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")
+    if summary.get("item_stats"):
+        st = summary["item_stats"]
+        out.print(f"item statistics from {st['n_models']} model(s): {st['suspect_keys']['n']} suspect key(s), "
+                  f"no model solves {_pct(st['no_model_solves']['share'])}, every model solves {_pct(st['every_model_solves']['share'])}")
     out.print(f"report: {safe(Path(report) / 'report.html')}  summary: {safe(Path(report) / 'summary.json')}")
 
 

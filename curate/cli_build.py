@@ -49,9 +49,15 @@ def balance_cmd(
     source_cap: Annotated[float, typer.Option(help="Most items from one source: a fraction of --total (<= 1) or a count; 0 = no cap.")] = 0.5,
     replace: Annotated[Optional[str], typer.Option("--replace", metavar="ITEM_ID", help="Replace one rejected item of balanced.parquet (same capability and difficulty).")] = None,
     allow_no_image: Annotated[bool, typer.Option("--allow-no-image", help="Also select items without any image (never by default).")] = False,
+    prefer_discriminative: Annotated[bool, typer.Option("--prefer-discriminative/--no-prefer-discriminative", help="Within a cell, take items with higher discriminability first (when item-stats added it); never changes a quota.")] = True,
+    keep_ranking: Annotated[Optional[list[Path]], typer.Option("--keep-ranking", metavar="RESULT_FILE", help="VLMEvalKit result file (repeat the option, or give a folder of them): choose each cell's items so the models rank as on the full pool; reports Kendall's tau.")] = None,
+    option_text: Annotated[bool, typer.Option("--option-text", help="--keep-ranking: extract answers with the option-text matcher instead of MMStar's rule (as in `mmcurate metrics`).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (counts, shortfall, warnings) instead of tables.")] = False,
 ) -> None:
-    """Select a balanced set from the newest of reviewed / screened / items into WORKDIR/balanced.parquet."""
+    """Select a balanced set from the newest of reviewed / screened / items into WORKDIR/balanced.parquet.
+
+    Suspect keys (`mmcurate item-stats`) that no reviewer cleared are left out (ledger reason suspect_key).
+    """
     import json
     import sys
 
@@ -59,7 +65,8 @@ def balance_cmd(
 
     cap = None if source_cap == 0 else (int(source_cap) if source_cap > 1 else source_cap)
     if replace:
-        rep = replace_in_workspace(workdir, replace, seed=seed, source_cap=cap, allow_no_image=allow_no_image)
+        rep = replace_in_workspace(workdir, replace, seed=seed, source_cap=cap, allow_no_image=allow_no_image,
+                                   prefer_discriminative=prefer_discriminative)
         if as_json:
             sys.stdout.write(json.dumps({"removed": rep.removed, "added": rep.added, "selected": rep.selected.height,
                                          "output": f"{workdir}/balanced.parquet"}) + "\n")
@@ -67,11 +74,37 @@ def balance_cmd(
             out.print(f"replaced {safe(rep.removed)} with {safe(rep.added)} in {safe(workdir)}/balanced.parquet", highlight=False)
         return
     with (log_console(stderr=True) if as_json else out).status("solving the selection (HiGHS)"):  # stdout: only the JSON
-        res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap, allow_no_image=allow_no_image)
+        res = balance_workspace(workdir, total=total, seed=seed, strict=strict, source_cap=cap, allow_no_image=allow_no_image,
+                                prefer_discriminative=prefer_discriminative, keep_ranking=result_files(keep_ranking),
+                                matcher="option_text" if option_text else "mmstar")
     if as_json:
         sys.stdout.write(json.dumps(balance_summary(res, workdir), ensure_ascii=False) + "\n")
     else:
         print_balance(res, workdir, out)
+
+
+#: Result-file endings a --keep-ranking folder is searched for (VLMEvalKit's result files).
+RESULT_SUFFIXES = (".xlsx", ".tsv", ".csv", ".jsonl")
+
+
+def result_files(given: list[Path] | None) -> list[Path] | None:
+    """``--keep-ranking`` values: files as given, a folder as its result files in name order."""
+    if not given:
+        return None
+    from curate.errors import UserError
+
+    files: list[Path] = []
+    for p in given:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in RESULT_SUFFIXES)
+            if not found:
+                raise UserError(f"--keep-ranking {p}: the folder holds no result file ({', '.join(RESULT_SUFFIXES)})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"--keep-ranking {p}: no such file or folder")
+    return files
 
 
 def print_balance(res, workdir, console: Console) -> None:
@@ -83,13 +116,23 @@ def print_balance(res, workdir, console: Console) -> None:
         console.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
     if res.shortfall.height:
         console.print(_shortfall(res.shortfall))
+    suspect = getattr(res, "suspect_excluded", None)
+    if suspect:
+        console.print(f"{suspect} items left out: item-stats flagged their key and no reviewer cleared it "
+                      f"(ledger reason suspect_key; `mmcurate status {safe(workdir)} --rows`)", highlight=False)
+    ranking = getattr(res, "ranking", None)
+    if ranking:
+        console.print(_ranking(ranking))
     console.print(f"{res.selected.height} items from {res.input_stage}.parquet -> {safe(workdir)}/balanced.parquet", highlight=False)
 
 
 def balance_summary(res, workdir) -> dict:
-    """``balance --json``: what print_balance shows, as one object (shortfall rows: dimension null = capability total)."""
+    """``balance --json``: what print_balance shows, as one object (shortfall rows: dimension null = capability total).
+
+    ``suspect_key_excluded`` appears when the input has item-stats columns, ``ranking`` with --keep-ranking.
+    """
     counts = res.selected.group_by("category", "l2_category", maintain_order=True).len()
-    return {
+    out = {
         "selected": res.selected.height,
         "input_stage": res.input_stage,
         "output": f"{workdir}/balanced.parquet",
@@ -98,6 +141,32 @@ def balance_summary(res, workdir) -> dict:
         "shortfall": res.shortfall.to_dicts(),
         "warnings": list(res.warnings),
     }
+    if getattr(res, "suspect_excluded", None) is not None:
+        out["suspect_key_excluded"] = res.suspect_excluded
+    if getattr(res, "ranking", None) is not None:
+        out["ranking"] = res.ranking
+    return out
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x + 0.0:+.3f}" if abs(x) >= 5e-4 else "+0.000"
+
+
+def _ranking(r: dict) -> Table:
+    """Per model: accuracy on the full pool, on the selection, the difference (and the plain selection's)."""
+    base = r.get("baseline") or {}
+    tau = "-" if r.get("tau") is None else f"{r['tau']:.3f}"
+    btau = "-" if base.get("tau") is None else f"{base['tau']:.3f}"
+    t = Table(title=f"model ranking kept: Kendall's tau {tau} (same quotas without --keep-ranking: {btau}) over "
+                    f"{r.get('selected_with_results')} selected of {r.get('full_set')} candidates with results")
+    for c in ("model", "full", "selected", "diff", "diff without"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    full, sub, diff = r.get("accuracy_full") or {}, r.get("accuracy_subset") or {}, r.get("accuracy_diff") or {}
+    bdiff = base.get("accuracy_diff") or {}
+    for m in sorted(full, key=lambda m: -(full[m] or 0)):
+        t.add_row(safe(m), "-" if full[m] is None else f"{full[m]:.3f}",
+                  "-" if sub.get(m) is None else f"{sub[m]:.3f}", _fmt(diff.get(m)), _fmt(bdiff.get(m)))
+    return t
 
 
 def _counts(df) -> Table:

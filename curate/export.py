@@ -581,7 +581,13 @@ def write_vlmevalkit_tsv(table: pl.DataFrame, path: Path) -> Path:
         table = _prepare(table)
     n_letters = max((len(o or []) for o in table["options"].to_list()), default=0)
     letters = list(LETTERS[:n_letters])
-    extra = [c for c in ("item_id", "source", "difficulty") if c in table.columns]
+    # Columns VLMEvalKit ignores, written so `mmcurate ingest` gets the item back whole: the source's own
+    # categories (else the MMStar capability in `category` would come back as the source's category).
+    # `split` is VLMEvalKit's own column (its report has one row per value), so it is written only when every
+    # item has one: an empty cell would make a split of its own that matches no row.
+    extra = [c for c in ("item_id", "source", "difficulty", "source_category", "source_l2_category") if c in table.columns]
+    if "split" in table.columns and not table.select(_blank("split").any()).item():
+        extra.insert(0, "split")
     header = ["index", "question", "hint", *letters, "answer", "category", "l2-category", "image", "image_path", *extra]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as fh:
@@ -607,7 +613,7 @@ def write_vlmevalkit_tsv(table: pl.DataFrame, path: Path) -> Path:
 def _formula_cells(table: pl.DataFrame) -> int:
     """How many text cells the TSV writer neutralised (for the card)."""
     n = 0
-    for col in ("index", "question", "hint", "answer", "category", "l2_category", "item_id", "source"):
+    for col in ("index", "question", "hint", "answer", "category", "l2_category", "item_id", "source", "difficulty", "source_category", "source_l2_category"):
         if col in table.columns:
             n += sum(1 for v in table[col].cast(pl.String).to_list() if v and neutralise_formula(v) != v)
     if "options" in table.columns:

@@ -40,9 +40,11 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "l2_category": ("l2-category", "l2_category"),
     "split": ("split",),
 }
-#: Sources whose own category columns have other names.
-SOURCE_CATEGORY_ALIASES = ("category", "field", "subject", "question_category")
-SOURCE_L2_ALIASES = ("l2-category", "l2_category", "subfield", "topic", "sub_category")
+#: Sources whose own category columns have other names. ``source_category`` / ``source_l2_category``
+#: come first: our own exports (hf, parquet, jsonl, tsv) carry the source's categories there and
+#: MMStar's capability / dimension in ``category`` / ``l2-category``, so a round trip keeps both.
+SOURCE_CATEGORY_ALIASES = ("source_category", "category", "field", "subject", "question_category")
+SOURCE_L2_ALIASES = ("source_l2_category", "l2-category", "l2_category", "subfield", "topic", "sub_category")
 
 _EMBEDDED_OPTIONS = re.compile(r"\n\s*Options:\s*(?=A[:.)]\s)", re.IGNORECASE)
 _OPTION_SPLIT = re.compile(r"(?:^|,\s+|\n\s*)([A-J])[:.)]\s+")
@@ -150,11 +152,19 @@ def _plan(data: dict, opts: NormalizeOptions) -> ColumnPlan:
             aliases={k: tuple(c for c in cols if c in present) for k, cols in FIELD_ALIASES.items()},
             letters=tuple(L for L in LETTERS if L in present),
             extra_letters=_extra_letters(present),
-            source_category=tuple(c for c in SOURCE_CATEGORY_ALIASES if c in present),
-            source_l2=tuple(c for c in SOURCE_L2_ALIASES if c in present),
+            source_category=source_aliases(SOURCE_CATEGORY_ALIASES, present),
+            source_l2=source_aliases(SOURCE_L2_ALIASES, present),
         )
         opts._plans[keys] = plan
     return plan
+
+
+def source_aliases(aliases: tuple[str, ...], present: set[str]) -> tuple[str, ...]:
+    """The columns to take a source category from, in order. An explicit ``source_category`` /
+    ``source_l2_category`` column (our exports) is the only one when present, even where blank:
+    a blank there means the source had none, and ``category`` then holds MMStar's capability."""
+    explicit = aliases[0]
+    return (explicit,) if explicit in present else tuple(c for c in aliases if c in present)
 
 
 def _extra_letters(present: set[str]) -> tuple[str, ...]:
@@ -464,7 +474,9 @@ def normalize_row(src: SourceRow, opts: NormalizeOptions) -> dict:
         source_l2 = source_l2 or _text(meta.get("context"))
         split = split or meta.get("split")
 
-    category, l2 = _mmstar_dimension(data, opts, source_category, source_l2)
+    given_category = _first(data, plan, "category", plan.aliases["category"])
+    given_l2 = _first(data, plan, "l2_category", plan.aliases["l2_category"])
+    category, l2 = _dimension_lookup(opts.taxonomy, opts.source, source_category, source_l2, given_category, given_l2)
     return {
         "item_id": item_id,
         "source": opts.source,
@@ -529,17 +541,15 @@ def _first(data: dict, plan: ColumnPlan, canonical: str, aliases: tuple[str, ...
     return None
 
 
-def _mmstar_dimension(data: dict, opts: NormalizeOptions, source_category: str | None, source_l2: str | None) -> tuple[str | None, str | None]:
-    return _dimension_lookup(opts.taxonomy, opts.source, source_category, source_l2)
-
-
 @functools.lru_cache(maxsize=4096)
-def _dimension_lookup(tax: Taxonomy, source: str, source_category: str | None, source_l2: str | None) -> tuple[str | None, str | None]:
+def _dimension_lookup(tax: Taxonomy, source: str, source_category: str | None, source_l2: str | None,
+                      given_category: str | None = None, given_l2: str | None = None) -> tuple[str | None, str | None]:
     """MMStar's (capability, dimension): taken as is when the source already uses MMStar's strings
-    (e.g. an MMStar TSV), else from the taxonomy's source-category mappings, else unknown.
+    (e.g. an MMStar TSV, or our own export's ``category`` / ``l2_category`` beside its
+    ``source_category``), else from the taxonomy's source-category mappings, else unknown.
     Cached: a benchmark has a handful of categories and thousands of rows."""
     dims = {d.name for d in tax.dimensions}
-    for value in (source_l2, source_category):
+    for value in (given_l2, given_category, source_l2, source_category):
         if value and value.strip().lower() in dims:
             dim = value.strip().lower()
             return tax.capability_of(dim), dim

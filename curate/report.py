@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from curate.audit import member_accuracy
+from curate.audit import headline, member_accuracy, projection_line, prompts_line, throughput_line
 from curate.schema import LETTERS
 
 CSS = """
@@ -56,6 +56,16 @@ def _ci(ci: list | tuple | None) -> str:
     return "–" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f} %"
 
 
+def _bc(g: dict[str, Any]) -> dict[str, Any]:
+    """A share entry's ``beyond_chance`` object ({} when the table had no blind_chance)."""
+    return g.get("beyond_chance") or {}
+
+
+def _with_expected(groups: dict[str, dict]) -> dict[str, dict]:
+    """Groups with ``expected``: the blind share chance alone gives with this panel (for the plots' tick)."""
+    return {n: {**g, "expected": _bc(g).get("chance")} for n, g in groups.items()}
+
+
 # ----------------------------------------------------------------------------------------
 # plots (matplotlib, Agg, inline SVG)
 # ----------------------------------------------------------------------------------------
@@ -83,7 +93,8 @@ def _pyplot():
     return plt
 
 
-def plot_shares(groups: dict[str, dict], title: str, *, chance_key: str = "chance_blind", xlabel: str = "blind-answerable share") -> str:
+def plot_shares(groups: dict[str, dict], title: str, *, chance_key: str = "expected", xlabel: str = "blind-answerable share",
+                chance_label: str = "chance") -> str:
     """Horizontal bars: share per group with 95 % CI whiskers and the chance level as a tick."""
     plt = _pyplot()
     names = list(groups)[::-1]
@@ -95,7 +106,7 @@ def plot_shares(groups: dict[str, dict], title: str, *, chance_key: str = "chanc
     chance = [groups[n].get(chance_key) for n in names]
     if any(c is not None for c in chance):
         ys = [i for i, c in enumerate(chance) if c is not None]
-        ax.scatter([100 * chance[i] for i in ys], ys, marker="|", s=160, color="#1f4e99", zorder=3, label="chance")
+        ax.scatter([100 * chance[i] for i in ys], ys, marker="|", s=160, color="#1f4e99", zorder=3, label=chance_label)
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_yticks(range(len(names)), [f"{n} (n={groups[n]['n']})" for n in names])
     ax.set_xlabel(xlabel + " (%)")
@@ -138,19 +149,36 @@ def plot_compare(left: dict[str, dict], right: dict[str, dict], labels: tuple[st
 def _share_table(groups: dict[str, dict], first: str) -> str:
     rows = []
     for name, g in groups.items():
+        bc = _bc(g)
         width = int(round(200 * (g["share"] or 0)))
         rows.append(
             f"<tr><td>{_e(name)}</td><td class=n>{g['n']}</td><td class=n>{g['k']}</td>"
             f"<td class=n>{_pct(g['share'])}</td><td class=n>{_ci(g['ci95'])}</td>"
-            f"<td class=n>{_pct(g.get('chance_blind'))}</td><td><span class=bar style='width:{width}px'></span></td></tr>"
+            f"<td class=n>{_pct(bc.get('chance'))}</td><td class=n><b>{_pct(bc.get('share'))}</b></td>"
+            f"<td class=n>{_ci((bc['lo'], bc['hi']) if bc else None)}</td>"
+            f"<td><span class=bar style='width:{width}px'></span></td></tr>"
         )
     return (
         f"<table><tr><th>{_e(first)}</th><th>items</th><th>blind</th><th>share</th><th>95 % CI</th>"
-        f"<th>chance</th><th></th></tr>{''.join(rows)}</table>"
+        f"<th>expected by chance</th><th>beyond chance</th><th>95 % CI</th><th></th></tr>{''.join(rows)}</table>"
     )
 
 
-def _member_table(members: dict[str, dict], models: dict[str, dict]) -> str:
+def _calibration_cell(r: dict[str, Any], has_panel: bool) -> str:
+    """A member's margin and measured error rates, or "not calibrated" (``mmcurate panel calibrate`` writes them)."""
+    cal = r.get("calibration")
+    if not cal:
+        return "not calibrated" if has_panel else "–"
+    margin = "" if cal.get("margin") is None else f"margin {cal['margin']:.3g}" + (" (panel default)" if cal.get("margin_source") == "panel" else "")
+    if not cal.get("calibrated"):
+        return f"not calibrated<br><span class=muted>{margin}</span>" if margin else "not calibrated"
+    return (
+        f"{margin}<br>false hits {_pct(cal.get('false_hit_rate'))} on vision-needed controls<br>"
+        f"recall {_pct(cal.get('recall'))} of MMLU control hits"
+    )
+
+
+def _member_table(members: dict[str, dict], models: dict[str, dict], has_panel: bool = False) -> str:
     rows = []
     for m, r in members.items():
         info = models.get(m, {})
@@ -164,17 +192,20 @@ def _member_table(members: dict[str, dict], models: dict[str, dict]) -> str:
             ctl = "–"
         counted = "" if r.get("counted") is None else ("yes" if r["counted"] else "<span class=no>no (at chance)</span>")
         acc = member_accuracy(r)
+        bc = _bc(r)
+        beyond = f"{_pct(bc.get('share'))} ({_ci((bc['lo'], bc['hi']))})" if bc else "–"
         rows.append(
             f"<tr><td><b>{_e(m)}</b><br><span class=muted>{_e(info.get('model', ''))} {_e(info.get('method', ''))}"
             f"{' ' + str(info['shots']) + '-shot' if info.get('shots') is not None else ''}</span></td>"
-            f"<td>{ctl}</td><td>{counted}</td>"
+            f"<td>{ctl}</td><td>{_calibration_cell(r, has_panel)}</td><td>{counted}</td>"
             f"<td class=n>{acc['n']}</td><td class=n>{acc['k']}</td><td class=n>{_pct(acc['share'])}</td><td class=n>{_ci(acc['ci95'])}</td>"
-            f"<td class=n>{_pct(acc.get('chance_hit'))}</td><td class=n>{r['k']} ({_pct(r['share'])})</td>"
+            f"<td class=n>{_pct(acc.get('chance_hit'))}</td><td class=n>{r['k']} ({_pct(r['share'])})</td><td class=n>{beyond}</td>"
             f"<td class=n>{r.get('no_answer', 0)}</td><td>{verdict}</td></tr>"
         )
     return (
-        "<table><tr><th>member</th><th>controls (MMLU, 95 % CI)</th><th>counted</th><th>items</th><th>right</th>"
-        "<th>accuracy without image</th><th>95 % CI</th><th>chance</th><th>hits (toward blind)</th><th>no answer</th><th></th></tr>"
+        "<table><tr><th>member</th><th>controls (MMLU, 95 % CI)</th><th>calibration</th><th>counted</th><th>items</th><th>right</th>"
+        "<th>accuracy without image</th><th>95 % CI</th><th>chance</th><th>hits (toward blind)</th><th>hits beyond chance (95 % CI)</th>"
+        "<th>no answer</th><th></th></tr>"
         f"{''.join(rows)}</table>"
     )
 
@@ -196,7 +227,8 @@ def _top_items_html(items: list[dict]) -> str:
             prob = f" (P(key) {a['prob']:.2f})" if a.get("prob") is not None else ""
             answers.append(f"<span class={mark}>{_e(m)}: {_e(a.get('answer') or 'no answer')}{' ✓' if a.get('hit') else ''}{prob}</span>")
         hint = f"<div class=muted>Hint: {_e(it['hint'])}</div>" if it.get("hint") else ""
-        head = " · ".join(_e(x) for x in (it["item_id"], it.get("category"), f"{it.get('hits')} member(s) right", f"key {it.get('answer')}") if x)
+        score = f"blind score {it['blind_score']:.2f}" if it.get("blind_score") is not None else None
+        head = " · ".join(_e(x) for x in (it["item_id"], it.get("category"), score, f"{it.get('hits')} member(s) right", f"key {it.get('answer')}") if x)
         out.append(
             f"<div class=item><div class=muted>{head}</div>{hint}"
             f"<div class=q>{_e(it.get('question'))}</div>{_options_html(it.get('options'), it.get('answer'))}"
@@ -242,7 +274,9 @@ def _compare_html(cmp: dict[str, Any]) -> str:
         ("items", a["n_items"], b["n_items"]),
         ("blind-answerable share", _pct(a["blind_share"]), _pct(b["blind_share"])),
         ("95 % CI", _ci(a["ci95"]), _ci(b["ci95"])),
-        ("chance (guessing panel)", _pct(a.get("chance_blind")), _pct(b.get("chance_blind"))),
+        ("blind-answerable beyond chance", _pct(_bc(a).get("share")), _pct(_bc(b).get("share"))),
+        ("95 % CI (beyond chance)", _ci((_bc(a)["lo"], _bc(a)["hi"]) if _bc(a) else None), _ci((_bc(b)["lo"], _bc(b)["hi"]) if _bc(b) else None)),
+        ("expected by chance", _pct(_bc(a).get("chance")), _pct(_bc(b).get("chance"))),
     ]
     for m in sorted(set(a["members"]) | set(b["members"])):
         rows.append((f"member {m}: accuracy without image", _pct(a["members"].get(m)), _pct(b["members"].get(m))))
@@ -264,13 +298,51 @@ def _compare_html(cmp: dict[str, Any]) -> str:
     return "".join(html_parts)
 
 
+def _headline_cards(summary: dict[str, Any]) -> list[str]:
+    """The headline: blind-answerable beyond chance with its interval, the raw share beside it."""
+    blind = summary["blind"]
+    bc = summary.get("beyond_chance") or {}
+    unit = "questions" if summary.get("n_questions", summary["n_items"]) != summary["n_items"] else "items"
+    if bc:
+        first = [
+            f"<div class=card><div class=v id=beyond-chance>{_pct(bc['share'])}</div><div class=l>blind-answerable beyond chance</div></div>",
+            f"<div class=card><div class=v id=beyond-chance-ci>{_ci((bc['lo'], bc['hi']))}</div><div class=l>95 % interval (beyond chance)</div></div>",
+        ]
+        expected = (f"<div class=card><div class=v>{_pct(bc['chance'])}</div><div class=l>expected by chance: this panel's own "
+                    "answers, scored against a random key</div></div>")
+    else:
+        first = [("<div class=card><div class=v id=beyond-chance>–</div><div class=l>beyond chance: not available "
+                  "(screened without blind_chance)</div></div>")]
+        expected = ""
+    return [
+        "<div class=cards>",
+        *first,
+        (f"<div class=card><div class=v id=blind-share>{_pct(blind['share'])}</div><div class=l>called blind by the panel, raw "
+         f"({blind['k']} of {blind['n']} {unit}; 95 % CI {_ci(blind['ci95'])})</div></div>"),
+        expected,
+        f"<div class=card><div class=v>{_pct(blind.get('chance_hit'))}</div><div class=l>chance of one guess (mean 1/options)</div></div>",
+        "</div>",
+        f"<p id=headline>{_e(headline(summary))}</p>",
+    ]
+
+
+def _model_time_html(summary: dict[str, Any]) -> str:
+    """Prompts (rotation's extra ones), each member's model time and the projection to MMStar's scale."""
+    parts = []
+    prompts = prompts_line(summary)
+    if prompts:
+        parts.append(f"<p id=prompts>{_e(prompts)}</p>")
+    parts += [f"<p>{_e(throughput_line(m, r['throughput']))}</p>" for m, r in summary.get("members", {}).items() if r.get("throughput")]
+    if summary.get("projection"):
+        parts.append(f"<p id=projection>{_e(projection_line(summary['projection']))}</p>")
+    return "<h2>Prompts and model time</h2>" + "".join(parts) if parts else ""
+
+
 def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
     """The report page for an audit summary (see :func:`curate.audit.summarize`)."""
     title = title or f"Vision-dependence audit: {summary.get('label') or ', '.join(summary.get('sources', []))}"
-    blind = summary["blind"]
     panel = summary.get("panel", {})
     models = panel.get("models", {})
-    corrected = bool((panel.get("screen_report") or {}).get("chance_corrected"))
     s = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
@@ -283,14 +355,13 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
         + " · panel "
         f"{_e(panel.get('name') or '')} {('(' + _e(panel.get('hash')) + ')') if panel.get('hash') else ''} · "
         f"{_e(summary.get('blind_rule'))} · generated {_e(summary.get('generated'))} by mmcurate</div>",
-        "<div class=cards>",
-        f"<div class=card><div class=v id=blind-share>{_pct(blind['share'])}</div><div class=l>blind-answerable ({blind['k']} of {blind['n']})</div></div>",
-        f"<div class=card><div class=v>{_ci(blind['ci95'])}</div><div class=l>95 % Wilson interval</div></div>",
-        f"<div class=card><div class=v>{_pct(blind.get('chance_blind'))}</div><div class=l>a panel of guessers would reach"
-        f"{' without chance correction (with it, less)' if corrected else ''}</div></div>",
-        f"<div class=card><div class=v>{_pct(blind.get('chance_hit'))}</div><div class=l>chance of one guess (mean 1/options)</div></div>",
-        "</div>",
+        *_headline_cards(summary),
+        ("<p class=muted>Beyond chance: the share of items blind for a reason, after removing the items the panel would "
+         "call blind by luck -- each item's chance of a blind verdict if its key were a random option, from the members' "
+         "own answers and hit rules (the classical correction for guessing, (B - E) / (1 - E), with a 95 % score interval).</p>"),
     ]
+    for note in summary.get("notes") or []:
+        s.append(f"<div class=warn>{_e(note)}</div>")
     members = summary["members"]
     at_chance = [m for m, r in members.items() if (r.get("competence") or {}).get("at_chance")]
     unmeasured = [m for m, r in members.items() if not r.get("competence")]
@@ -306,9 +377,10 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
             "a member that cannot answer text-only questions makes any blind share meaningless, so check it "
             "(panel <code>control_size</code>).</div>"
         )
-    s.append("<h2>Blind-answerable share</h2>")
+    s.append("<h2>Blind-answerable share</h2><p class=muted>Bars: the share the panel called blind, with its 95 % "
+             "interval; tick: the share chance alone gives with this panel. The tables give the share beyond chance.</p>")
     if len(summary.get("by_source", {})) > 0:
-        s.append(f"<figure>{plot_shares(summary['by_source'], 'Per source')}</figure>")
+        s.append(f"<figure>{plot_shares(_with_expected(summary['by_source']), 'Per source', chance_label='expected by chance')}</figure>")
         s.append(_share_table(summary["by_source"], "source"))
     for key, label in (("by_category", "capability"), ("by_dimension", "dimension"), ("by_source_category", "source category"), ("by_n_options", "options")):
         groups = summary.get(key) or {}
@@ -316,22 +388,33 @@ def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
             continue
         s.append(f"<h3>Per {label}</h3>")
         if len(groups) <= MAX_PLOT_GROUPS:
-            s.append(f"<figure>{plot_shares(groups, 'Per ' + label)}</figure>")
+            s.append(f"<figure>{plot_shares(_with_expected(groups), 'Per ' + label, chance_label='expected by chance')}</figure>")
         s.append(_share_table(groups, label))
     s.append(
         "<h2>Panel members</h2><p class=muted>Each member's accuracy on these questions without the image, against the "
         "chance of guessing; above chance means the member answers part of the benchmark without looking. A hit, which "
         "counts toward the blind verdict, can need more than a right answer: every rotation right, or the key winning "
         "after the member's letter bias is divided out. "
-        "Controls: its accuracy on text-answerable questions, which shows whether its verdicts mean anything.</p>"
+        "Controls: its accuracy on text-answerable questions, which shows whether its verdicts mean anything. "
+        "Calibration: the margin its hits need and, when <code>mmcurate panel calibrate</code> measured them, its "
+        "false-hit rate on questions that need the image and the share of its MMLU control hits it keeps.</p>"
     )
     accuracy = {m: member_accuracy(r) for m, r in summary["members"].items()}
     s.append(f"<figure>{plot_shares(accuracy, 'Accuracy without the image', chance_key='chance_hit', xlabel='accuracy')}</figure>")
-    s.append(_member_table(summary["members"], models))
+    s.append(_member_table(summary["members"], models, has_panel=bool(models)))
+    s.append(_model_time_html(summary))
     s.append(f"<h2>Hit-count histogram</h2><figure>{plot_histogram(summary['hit_histogram'])}</figure>")
     s.append("<h2>Rule-filter findings</h2>" + _rules_html(summary.get("rules", {})))
-    s.append(f"<h2>Most blind-answerable items</h2><p class=muted>The {len(summary['top_items'])} items the most members answered right without the image (ties: most confident first).</p>")
+    ranked = "highest blind score first (mean calibrated probability of the key over the members), then most hits"
+    if not any(it.get("blind_score") is not None for it in summary["top_items"]):
+        ranked = "most members right first, then the most confident"
+    s.append(f"<h2>Most blind-answerable items</h2><p class=muted>The {len(summary['top_items'])} items the panel was surest of "
+             f"without the image ({ranked}).</p>")
     s.append(_top_items_html(summary["top_items"]))
+    if summary.get("item_stats"):
+        from curate.report_items import item_stats_html  # issue #18: audit --results
+
+        s.append(item_stats_html(summary["item_stats"]))
     if summary.get("compare"):
         s.append("<h2>Side by side</h2>" + _compare_html(summary["compare"]))
     s.append("</main></body></html>")

@@ -65,8 +65,8 @@ SUGGEST_COLUMNS = ("suggested_l2_category", "suggested_category", "suggested_pro
 ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("difficulty", "difficulty", ("n_solvers", "n_models", "difficulty"), CANDIDATE_STAGES),
     Annotation("suggest", "suggest", SUGGEST_COLUMNS, CANDIDATE_STAGES),
-    Annotation("item_stats", "item-stats", ("n_models", "n_solvers", "discriminability", "suspect_key", "suspect_evidence"),
-               CANDIDATE_STAGES),
+    Annotation("item_stats", "item-stats", ("n_models", "n_solvers", "discriminability", "suspect_key", "suspect_evidence",
+                                            "key_support", "suspect_answer", "suspect_support", "difficulty"), CANDIDATE_STAGES),
 )
 
 #: Stage name -> file name, pipeline order (later stages are newer).

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,21 @@ def request_key(model_identity: str, method: str, template_version: str, prompt:
 
 
 class ResponseCache:
-    """Look everything up first, run only the misses, ``put_many`` + commit after every batch."""
+    """Look everything up first, run only the misses, ``put_many`` + commit after every batch.
+
+    Safe to share between threads (panel members run concurrently, each scoring its own prompts):
+    one connection opened with ``check_same_thread=False`` and every statement under one lock,
+    because a sqlite3 connection must not run two statements at once. Several *processes* (two
+    workspaces screened at the same time against the per-user cache) are serialised by SQLite
+    itself: WAL mode lets readers run beside the one writer, and ``timeout`` waits out a writer's
+    lock instead of failing.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -58,32 +68,33 @@ class ResponseCache:
         found: dict[str, Any] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT key, value FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            ).fetchall()
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT key, value FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
             found.update((k, json.loads(v)) for k, v in rows)
         return found
 
     def put_many(self, model: str, items: dict[str, Any]) -> None:
         """Insert and commit in one transaction. ``OR IGNORE``: a key is written once, never twice."""
-        with self._db:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO responses (key, model, value) VALUES (?, ?, ?)",
-                [(k, model, json.dumps(v, separators=(",", ":"))) for k, v in items.items()],
-            )
+        rows = [(k, model, json.dumps(v, separators=(",", ":"))) for k, v in items.items()]
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR IGNORE INTO responses (key, model, value) VALUES (?, ?, ?)", rows)
 
     def count(self, model: str | None = None) -> int:
-        if model is None:
-            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-        return self._db.execute("SELECT COUNT(*) FROM responses WHERE model = ?", (model,)).fetchone()[0]
+        with self._lock:
+            if model is None:
+                return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM responses WHERE model = ?", (model,)).fetchone()[0]
 
     def file_sha256(self, path: str | Path) -> str:
         """A weight file's sha256, memoised by (path, size, mtime) so a 1 GB GGUF is hashed once."""
         path = Path(path).resolve()
         st = path.stat()
-        row = self._db.execute(
-            "SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", (str(path), st.st_size, st.st_mtime_ns)
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", (str(path), st.st_size, st.st_mtime_ns)
+            ).fetchone()
         if row:
             return row[0]
         h = hashlib.sha256()
@@ -91,12 +102,13 @@ class ResponseCache:
             for block in iter(lambda: fh.read(8 << 20), b""):
                 h.update(block)
         digest = h.hexdigest()
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?)", (str(path), st.st_size, st.st_mtime_ns, digest))
         return digest
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> ResponseCache:
         return self
@@ -105,9 +117,30 @@ class ResponseCache:
         self.close()
 
 
-def default_cache_path(workdir: str | Path) -> Path:
-    """Per-workspace cache: ``WORKDIR/.cache/responses.sqlite`` (override with ``--cache``)."""
-    return Path(workdir) / ".cache" / "responses.sqlite"
+CACHE_FILE = "responses.sqlite"
+
+
+def user_cache_path() -> Path:
+    """The per-user response cache that ``screen`` and ``audit`` share in every workspace.
+
+    Why per user and not per workspace: the key already holds the model's identity and the full
+    prompt, so an answer is valid wherever the same model meets the same prompt -- the controls,
+    and any question screened before in another workspace or audit, are asked once per model.
+    Where: ``$MMCURATE_CACHE/responses.sqlite`` (a directory, the same one that holds the joined
+    packaged models), else ``$XDG_CACHE_HOME/mmcurate/responses.sqlite``, else
+    ``~/.cache/mmcurate/responses.sqlite``. ``--cache PATH`` overrides it per command.
+    """
+    env = os.environ.get("MMCURATE_CACHE")
+    if env:
+        return Path(os.path.expanduser(env)) / CACHE_FILE
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mmcurate" / CACHE_FILE
+
+
+def default_cache_path(workdir: str | Path | None = None) -> Path:
+    """The default response cache: :func:`user_cache_path`. ``workdir`` is accepted for callers
+    of the per-workspace cache this replaced (``WORKDIR/.cache/responses.sqlite``) and ignored."""
+    return user_cache_path()
 
 
 def model_files_identity(cache: ResponseCache, path: str | Path, gguf_file: str | None = None) -> str:

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         panel: Optional[Path] = typer.Option(None, "--panel", help="panel.toml (default: the offline panel shipped in data/panel.toml)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Screen only the first N items."),
         members: Optional[str] = typer.Option(None, "--members", help="Comma-separated member names to run (default: all)."),
-        cache: Optional[Path] = typer.Option(None, "--cache", help="SQLite response cache (default: WORKDIR/.cache/responses.sqlite)."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="SQLite response cache (default: one per user, shared by every workspace: $MMCURATE_CACHE/responses.sqlite, else ~/.cache/mmcurate/responses.sqlite)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         """Ask every panel member every question with the image withheld; write screened.parquet and the ledger."""

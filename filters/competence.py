@@ -113,15 +113,26 @@ def calibrated(probs: tuple[float, ...], competence: Competence | None) -> tuple
     return tuple(r / total for r in raw)
 
 
+def accepted(response: Response, n_options: int, competence: Competence | None, *, margin: float, corrected: bool) -> int | None:
+    """The option position this response would count as a hit if it were the key (None: no option).
+
+    At most one option qualifies (the winner), which is what lets the screen evaluate the hit rule
+    for every candidate key of an item from the answers it already has (``chance__<m>``).
+    """
+    if not corrected or response.probs is None:
+        letter = response.letter
+        return LETTERS.index(letter) if letter is not None and letter in LETTERS[:n_options] else None
+    q = calibrated(response.probs, competence)
+    best = max(range(len(q)), key=lambda i: (q[i], -i))
+    return best if q[best] >= 1.0 / n_options + margin else None
+
+
 def is_hit(response: Response, key: str, n_options: int, competence: Competence | None, *, margin: float, corrected: bool) -> bool:
     """A hit: the member picked the key; chance-corrected, the key must also win after calibration
     by the member's letter prior, with a calibrated probability at least ``margin`` above 1/n.
 
     Generated answers carry no probabilities, so they are hits when the letter is right.
     """
-    if not corrected or response.probs is None:
-        return response.letter == key
-    q = calibrated(response.probs, competence)
-    j = LETTERS.index(key)
-    best = max(range(len(q)), key=lambda i: (q[i], -i))
-    return best == j and q[j] >= 1.0 / n_options + margin
+    if key not in LETTERS[:n_options]:
+        return False
+    return accepted(response, n_options, competence, margin=margin, corrected=corrected) == LETTERS.index(key)

@@ -37,11 +37,14 @@ from typing import Any
 
 from curate.errors import UserError
 
-BACKENDS = ("auto", "transformers", "llamacpp", "openai")
+BACKENDS = ("auto", "transformers", "llamacpp", "openai", "scripted")
 METHODS = ("loglik", "generate")
 TEMPLATES = ("mmstar",)
 DTYPES = ("float32", "bfloat16", "float16")
 AT_CHANCE_POLICIES = ("count", "exclude")
+ADAPTIVE = "adaptive"  # panel.rotations: rotate only what hits, stop at the first miss (see filters.screen)
+#: Member fields written by ``mmcurate panel calibrate`` that describe a member but change no verdict (not hashed).
+INFORMATIONAL_FIELDS = ("false_hit_rate", "recall")
 
 #: Model references that name weights shipped in pip packages (see ``filters.backends.packaged``).
 PACKAGED_PREFIX = "package:"
@@ -55,7 +58,8 @@ class Member:
     backend: str = "auto"
     model: str = ""  # folder, GGUF file, "package:<id>", or the served model name (openai)
     gguf_file: str | None = None  # file name inside ``model`` when ``model`` is a folder of GGUFs
-    base_url: str | None = None  # openai backend only
+    base_url: str | tuple[str, ...] | None = None  # openai only: one URL, or replicas of one model (a TOML list)
+    api: str = "auto"  # openai loglik: "completions", "chat" (chat completions + top_logprobs) or "auto" (probe once)
     api_key_env: str | None = None  # name of an environment variable holding the key (never the key)
     revision: str | None = None  # pins the identity of a remote model (openai) or skips hashing
     method: str = "loglik"
@@ -71,10 +75,19 @@ class Member:
     concurrency: int = 4
     timeout: float = 60.0
     max_retries: int = 3
+    margin: float | None = None  # overrides the panel's margin for this member (``mmcurate panel calibrate``)
+    false_hit_rate: float | None = None  # informational: measured on vision-needed controls at ``margin``
+    recall: float | None = None  # informational: share of the MMLU controls still hit at ``margin`` (`panel calibrate`)
 
     @property
     def column_suffix(self) -> str:
         return self.name
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every URL in ``base_url`` (one, or the replicas), without trailing slashes."""
+        urls = (self.base_url,) if isinstance(self.base_url, str) else (self.base_url or ())
+        return tuple(u.rstrip("/") for u in urls)
 
 
 @dataclass(frozen=True)
@@ -83,14 +96,16 @@ class Panel:
 
     ``blind`` is ``hits > max_hits``; with ``max_hit_fraction`` set instead, ``max_hits`` is
     ``floor(fraction * counted members)``. ``rotations`` > 1 asks each question with its options
-    rotated that many times and counts a hit only when every rotation is right (CircularEval).
+    rotated that many times and counts a hit only when every rotation is right (CircularEval);
+    ``"adaptive"`` (the default) asks every question once and rotates only the hits, stopping at the
+    first miss: a hit needs all ``n_options`` rotations right, at a cost of one ask for most items.
     """
 
     name: str
     members: tuple[Member, ...]
     max_hits: int | None = 0
     max_hit_fraction: float | None = None
-    rotations: int = 1
+    rotations: int | str = ADAPTIVE
     chance_corrected: bool = True
     margin: float = 0.1
     control_size: int = 100
@@ -122,8 +137,12 @@ class Panel:
         d.pop("source")
         d["rules"] = self.rules.as_dict() if self.rules is not None else None
         for m in d["members"]:
-            for k in ("concurrency", "timeout", "max_retries", "batch_size", "n_threads", "api_key_env"):
-                m.pop(k)  # speed and plumbing knobs do not change answers
+            for k in ("concurrency", "timeout", "max_retries", "batch_size", "n_threads", "api_key_env", *INFORMATIONAL_FIELDS):
+                m.pop(k)  # speed and plumbing knobs do not change answers; measured rates describe, not decide
+            if m["margin"] is None:
+                m.pop("margin")  # a panel without per-member margins keeps the hash it had before they existed
+            if m["api"] == "auto":
+                m.pop("api")  # likewise for members that do not choose an API
         return d
 
     @property
@@ -156,13 +175,13 @@ def _check_type(src: str, where: str, key: str, value: Any, expected: type | tup
 
 
 _MEMBER_TYPES: dict[str, type | tuple] = {
-    "name": str, "backend": str, "model": str, "gguf_file": str, "base_url": str, "api_key_env": str,
+    "name": str, "backend": str, "model": str, "gguf_file": str, "base_url": (str, list), "api": str, "api_key_env": str,
     "revision": str, "method": str, "shots": int, "template": str, "chat": bool, "dtype": str, "device": str,
     "batch_size": int, "max_new_tokens": int, "n_threads": int, "n_ctx": int, "concurrency": int,
-    "timeout": float, "max_retries": int,
+    "timeout": float, "max_retries": int, "margin": float, "false_hit_rate": float, "recall": float,
 }
 _PANEL_TYPES: dict[str, type | tuple] = {
-    "name": str, "max_hits": int, "max_hit_fraction": float, "rotations": int, "chance_corrected": bool,
+    "name": str, "max_hits": int, "max_hit_fraction": float, "rotations": (int, str), "chance_corrected": bool,
     "margin": float, "control_size": int, "at_chance": str,
 }
 
@@ -170,6 +189,30 @@ _PANEL_TYPES: dict[str, type | tuple] = {
 def _choice(src: str, where: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"{src}: {where}.{key} = {value!r} is not one of {list(choices)}{_suggest(value, choices)}")
+
+
+OPENAI_APIS = ("auto", "completions", "chat")
+
+
+def _check_endpoints(src: str, where: str, m: dict[str, Any]) -> None:
+    """``base_url``: one URL, or a list of replicas serving the same model (``filters.backends.openai_http``
+    spreads requests over them and fails over when one dies). A one-entry list becomes the plain
+    string, so the panel hash does not change; several become a tuple (a frozen Member stays hashable)."""
+    urls = m["base_url"] if isinstance(m["base_url"], list) else [m["base_url"]]
+    if not urls:
+        raise UserError(f"{src}: {where}.base_url = [] names no endpoint; give one URL or a list of replicas")
+    seen: set[str] = set()
+    for url in urls:
+        if not isinstance(url, str) or not url.strip():
+            raise UserError(f"{src}: {where}.base_url entry {url!r} must be a URL string such as \"http://127.0.0.1:8000/v1\"")
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"{src}: {where}.base_url entry {url!r} must start with http:// or https://")
+        key = url.rstrip("/")
+        if key in seen:
+            raise UserError(f"{src}: {where}.base_url names {url!r} twice; list each replica once")
+        seen.add(key)
+    m["base_url"] = urls[0] if len(urls) == 1 else tuple(urls)
+    _choice(src, where, "api", m.get("api", "auto"), OPENAI_APIS)
 
 
 def _resolve_model(src: str, base: Path, where: str, m: dict[str, Any]) -> None:
@@ -180,7 +223,12 @@ def _resolve_model(src: str, base: Path, where: str, m: dict[str, Any]) -> None:
             raise UserError(f"{src}: {where} uses backend 'openai' but has no base_url; add e.g. base_url = \"http://127.0.0.1:8000/v1\"")
         if not model:
             raise UserError(f"{src}: {where}.model is empty; give the model name the server serves")
+        _check_endpoints(src, where, m)
         return
+    if m.get("api", "auto") != "auto":
+        raise UserError(f"{src}: {where}.api is only used with backend = 'openai' (backend is {m['backend']!r}); remove it")
+    if m["backend"] == "scripted" and model.lstrip().startswith("{"):
+        return  # an inline script (filters.backends.scripted); a script file is resolved like any model path
     if m.get("base_url"):
         raise UserError(f"{src}: {where}.base_url is only used with backend = 'openai' (backend is {m['backend']!r}); remove it or set backend = \"openai\"")
     if not model:
@@ -228,8 +276,11 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
             raise UserError(f"{src}: panel.max_hit_fraction = {head['max_hit_fraction']} must be in [0, 1)")
     if head.get("max_hits") is not None and head["max_hits"] < 0:
         raise UserError(f"{src}: panel.max_hits = {head['max_hits']} must be >= 0")
-    if head.get("rotations", 1) < 1:
-        raise UserError(f"{src}: panel.rotations = {head['rotations']} must be >= 1 (1 means no rotation)")
+    rotations = head.get("rotations", ADAPTIVE)
+    if isinstance(rotations, str) and rotations != ADAPTIVE:
+        raise UserError(f"{src}: panel.rotations = {rotations!r} must be an int >= 1 or \"{ADAPTIVE}\"{_suggest(rotations, [ADAPTIVE])}")
+    if isinstance(rotations, int) and rotations < 1:
+        raise UserError(f"{src}: panel.rotations = {rotations} must be >= 1 (1 means no rotation) or \"{ADAPTIVE}\"")
     if not 0.0 <= head.get("margin", 0.1) < 1.0:
         raise UserError(f"{src}: panel.margin = {head['margin']} must be in [0, 1)")
     if head.get("control_size", 100) < 0:
@@ -246,6 +297,8 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
         if not isinstance(raw, dict):
             raise UserError(f"{src}: {where} must be a [[member]] table")
         m = dict(raw)
+        if m.get("backend") == "scripted" and isinstance(m.get("model"), dict):  # an inline script (tests)
+            m["model"] = json.dumps(m["model"], sort_keys=True, separators=(",", ":"))
         for key, value in m.items():
             if key not in _MEMBER_FIELDS:
                 raise UserError(f"{src}: unknown field {where}.{key}{_suggest(key, _MEMBER_TYPES)}")
@@ -267,6 +320,11 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
         for key in ("batch_size", "concurrency", "max_new_tokens", "n_ctx"):
             if key in m and m[key] < 1:
                 raise UserError(f"{src}: {where}.{key} = {m[key]} must be >= 1")
+        if "margin" in m and not 0.0 <= m["margin"] < 1.0:
+            raise UserError(f"{src}: {where}.margin = {m['margin']} must be in [0, 1)")
+        for key in INFORMATIONAL_FIELDS:
+            if key in m and not 0.0 <= m[key] <= 1.0:
+                raise UserError(f"{src}: {where}.{key} = {m[key]} must be in [0, 1]")
         _resolve_model(src, base, where, m)
         members.append(Member(**m))
     return Panel(members=tuple(members), source=src, rules=rules, name=head.pop("name", Path(src).stem), **head)

@@ -5,8 +5,39 @@ withheld (MMStar's recipe), counts the members that answered right (``hits``) an
 ``blind`` when more than the panel's threshold did. The rule filters (``filters.rules``) run on
 the same table, so one ``screened.parquet`` says, per item, which filter would drop it and why.
 
-Members run one after the other (one model in memory at a time); every response goes through the
-SQLite cache, so a killed run resumes without redoing finished work.
+Local in-process members run one after the other (one model in memory at a time); remote members
+(``openai``: the server does the work) run concurrently beside them, each with its own backend and
+cache connection; columns are assembled in panel order, so the output never depends on which
+member finished first. Every response goes through the SQLite cache, so a killed run resumes
+without redoing finished work.
+
+Rotation (``panel.rotations``). An int ``r`` asks every item with its options rotated by 0 .. r-1
+positions (``min(r, n_options)`` asks) and counts a hit only when every ask hits (CircularEval).
+``"adaptive"`` (the default) asks every item once; only the items whose ask hit are asked again,
+rotated by one more position, stopping at the first miss, and a hit needs all ``n_options`` asks
+to hit. A member that knows the answer follows its text round the circle at about one extra ask
+per hit; a guesser or a member that loves one letter is caught by the first rotation that moves
+the key, for the cost of one ask on most items. Each round is one ``score_prompts`` call over the
+items still in play, so batches depend only on the items and the answers, and a killed run resumes
+from the cache with identical results.
+
+Chance (``chance__<m>``, ``blind_chance``). A rotated prompt does not depend on which option is
+the key, so every answer a member gave can be judged for every candidate key: the hit rule
+accepts at most one option per ask (the winner, after calibration and margin). With fixed
+rotations every rotation was asked for every candidate, so the value is exact: ``chance__<m>`` is
+the share of the item's options that would have counted as a hit had they been the key.
+Under adaptive rotation the true key's outcome is exact too, and a wrong option ``j*`` is 0 unless
+the first ask accepted it; then its rotations were never asked (the key had missed) and it gets
+the member's measured survival rate: among this run's items with the same option count whose
+first ask hit the true key, the share that survived every rotation (1.0 when there is none: with
+no evidence, counted as a single pass would). Under the null of no knowledge a member treats the
+key and a wrong option alike, so the rate is the survival of ``j*`` exactly (in expectation);
+when the member does know items, key hits survive more often than guesses, so the estimate is
+too high and the chance level conservative (the beyond-chance share the audit derives is
+underestimated, never inflated). ``blind_chance`` draws one random key shared by all members,
+takes the counted members' hit probabilities for it as independent events (Poisson-binomial),
+computes P(hits > threshold) and averages over the options. ``blind_score`` is the mean over
+counted members of the calibrated probability of the key on the first ask.
 
 Copies of one question (``curate.groups``: MMBench's circular copies, translations on one image,
 the same image and question in two sources) are asked once: the first member of each group in
@@ -26,7 +57,11 @@ Columns added (``<m>`` is the member's name):
   ``hit__<m>`` right without the image (chance-corrected and all rotations right when the panel
   says so), ``prob__<m>`` its probability of the key (loglik; the lowest over rotations),
   ``raw__<m>`` the generated reply (null for loglik);
-* ``hits``, ``n_members`` (members whose hits count), ``blind``, ``screen_reason`` (why the
+* ``probs__<m>`` / ``calprobs__<m>`` the first ask's option distribution, raw and calibrated by
+  the member's prior, in the item's own letters (null for generate), ``chance__<m>`` the hit rate
+  of a random key under this member's rule, ``asks__<m>`` prompts asked (1 + rotations);
+* ``hits``, ``n_members`` (members whose hits count), ``blind``, ``blind_chance``, ``blind_score``,
+  ``screen_reason`` (why the
   item would be dropped: blind and/or the rule filters' reason), ``panel_hash``,
   ``screened_as`` (the item_id whose answers these are: the item itself, or its group's
   representative);
@@ -38,6 +73,8 @@ from __future__ import annotations
 
 import gc
 import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +86,8 @@ from curate.schema import LETTERS
 from curate.workspace import workspace_command
 from filters.backends import open_backend, resolve_backend_name
 from filters.cache import ResponseCache
-from filters.competence import Competence, assess, control_items, is_hit
-from filters.panel import Panel
+from filters.competence import Competence, accepted, assess, calibrated, control_items
+from filters.panel import ADAPTIVE, Panel
 from filters.prompts import TEMPLATE_VERSION, build_prompt, rotate
 from filters.scoring import score_prompts
 
@@ -71,6 +108,11 @@ class MemberReport:
     expected_chance_hit_rate: float  # a uniform guesser under this panel's rotation rule
     expected_biased_hit_rate: float | None  # a guesser with this member's measured letter bias
     misses_no_option: int  # generated replies that named no option
+    asks: int = 0  # prompts this member was given for the items, rotations included (cached or not)
+    margin: float | None = None  # the margin its hits were judged with (its own, else the panel's)
+    false_hit_rate: float | None = None  # from the panel file (``mmcurate panel calibrate``); None: not calibrated
+    recall: float | None = None  # likewise
+    notes: list[str] = field(default_factory=list)  # the backend's own warnings (a replica taken out, chat-path floors)
     asked: int = 0  # distinct item prompts sent to the model in this run (not from the cache)
     cached: int = 0  # distinct item prompts answered from the response cache
     model_seconds: float = 0.0  # time the model spent on the ``asked`` prompts
@@ -90,7 +132,7 @@ class ScreenReport:
     panel: str
     panel_hash: str
     template: str
-    rotations: int
+    rotations: int | str
     threshold: int
     n_items: int
     n_blind: int
@@ -99,6 +141,7 @@ class ScreenReport:
     chance_corrected: bool = False  # hits needed the key to win after dividing out the letter prior (with margin)
     n_questions: int = 0  # distinct questions asked (one per group of copies; n_items counts every copy)
     n_unaskable: int = 0  # items skipped because they could not be asked (``screen_error``; ledger reason ``unaskable``)
+    n_prompts: int = 0  # prompts given to the members for the items, rotations included, summed over members
 
     def as_dict(self, *, timing: bool = False) -> dict:
         """The report as plain data. Timing (``asked``/``cached``/``model_seconds``) differs run to run,
@@ -123,18 +166,28 @@ def _check_items(items: pl.DataFrame) -> None:
         raise UserError(f"items table: item_id {dup!r} occurs twice; item ids must be unique")
 
 
-def _shifts(n_options: int, rotations: int) -> list[int]:
-    return list(range(min(rotations, n_options)))
+def _max_asks(n_options: int, rotations: int | str) -> int:
+    """Most prompts one item can take: every rotation for ``"adaptive"``, else ``min(rotations, n)``."""
+    if n_options == 0:
+        return 0
+    return n_options if rotations == ADAPTIVE else min(int(rotations), n_options)
+
+
+def _shifts(n_options: int, rotations: int | str) -> list[int]:
+    return list(range(_max_asks(n_options, rotations)))
 
 
 def _ask(backend, prompts: list, opts: list[list[str]], owner: list[int], cache: ResponseCache, advance,
-         stats: dict) -> tuple[list, dict[int, str]]:
+         stats: dict, *, raise_if_all: bool = True) -> tuple[list, dict[int, str]]:
     """Every prompt's response, and ``{item: why}`` for items whose prompts the model could not take.
 
     Why per item: one over-long or broken question must not stop the screening of every other
     item. The whole list is asked first (batched as usual); when that fails, each item's prompts are
     asked alone (answers already given are in the cache) and the items that still fail are skipped.
-    When every item fails the model (or server) is the problem, not an item: the first error is raised."""
+    When every item fails the model (or server) is the problem, not an item: the first error is raised
+    (``raise_if_all``; a round of rotations for a few items is no evidence against the model)."""
+    if not prompts:
+        return [], {}
     try:
         return score_prompts(backend, prompts, opts, cache, advance=advance, stats=stats), {}
     except Exception as exc:  # noqa: BLE001 -- any backend error; KeyboardInterrupt still stops the run
@@ -152,7 +205,7 @@ def _ask(backend, prompts: list, opts: list[list[str]], owner: list[int], cache:
             continue
         for k, r in zip(ks, rs):
             responses[k] = r
-    if by_item and len(failed) == len(by_item):
+    if raise_if_all and by_item and len(failed) == len(by_item):
         raise first
     return responses, failed
 
@@ -188,63 +241,181 @@ def _undecodable(items: pl.DataFrame) -> dict[str, str]:
     return bad
 
 
-def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCache, progress) -> tuple[dict, MemberReport, dict[int, str]]:
-    """Ask one member every item (every rotation); return its columns, its report line and the
-    items (row positions) it could not be asked, with why."""
+@dataclass
+class _Asked:
+    """One member's answers to one item: a response per rotation asked (shift 0 first)."""
+
+    responses: list = field(default_factory=list)
+    options: list[list[str]] = field(default_factory=list)  # the rotated options of each ask
+
+
+def _ask_member(backend, items: pl.DataFrame, panel: Panel, member, cache: ResponseCache, progress, comp,
+                stats: dict) -> tuple[list[_Asked | None], dict[int, str]]:
+    """Ask one member every item under the panel's rotation rule; ``None`` for items not asked.
+
+    Fixed rotations: every rotation of every item in one :func:`score_prompts` call (as before).
+    Adaptive: one call per round over the items still in play -- round ``s`` asks, rotated by
+    ``s``, the items whose every earlier ask hit -- so batches depend only on the items and the
+    answers, never on the cache, and a killed run resumes from the cache with identical results."""
+    questions, options, answers = items["question"].to_list(), items["options"].to_list(), items["answer"].to_list()
+    hints = items["hint"].to_list() if "hint" in items.columns else [None] * items.height
+    opts_of = [[str(x) for x in (o or [])] for o in options]
+    margin = member.margin if member.margin is not None else panel.margin
+    asked: list[_Asked | None] = [_Asked() for _ in range(items.height)]
+    failed: dict[int, str] = {}
+
+    def prompts_for(rows: list[int], shifts_of) -> tuple[list, list, list]:
+        prompts, opts, owner = [], [], []
+        for i in rows:
+            try:
+                built = []
+                for s in shifts_of(i):
+                    ro, _ = rotate(opts_of[i], answers[i] or "", s)
+                    built.append((build_prompt(questions[i] or "", ro, hints[i], shots=member.shots), ro))
+            except Exception as exc:  # noqa: BLE001 -- one item that cannot be put as a prompt is skipped, not the run
+                failed[i] = _why(exc)
+                continue
+            for prompt, ro in built:
+                prompts.append(prompt)
+                opts.append(ro)
+                owner.append(i)
+        return prompts, opts, owner
+
+    def take(what: str, prompts, opts, owner, first: bool) -> None:
+        task = progress.add(f"{member.name}: {what}", len({p.text for p in prompts}))
+        responses, not_taken = _ask(backend, prompts, opts, owner, cache, lambda k: progress.advance(task, k), stats,
+                                    raise_if_all=first)
+        failed.update(not_taken)
+        for i, r, ro in zip(owner, responses, opts):
+            if r is not None and i not in failed:
+                asked[i].responses.append(r)
+                asked[i].options.append(ro)
+
+    rows = list(range(items.height))
+    if panel.rotations != ADAPTIVE:
+        take("items", *prompts_for(rows, lambda i: _shifts(len(opts_of[i]), panel.rotations)), first=True)
+    else:
+        take("items", *prompts_for([i for i in rows if opts_of[i]], lambda i: [0]), first=True)
+        for s in range(1, max((len(o) for o in opts_of), default=0)):
+            play = [i for i in rows if i not in failed and len(opts_of[i]) > s and len(asked[i].responses) == s
+                    and _key_hits(asked[i], s - 1, answers[i], comp, margin, panel.chance_corrected)]
+            if not play:
+                break
+            take(f"rotation {s}", *prompts_for(play, lambda i, s=s: [s]), first=False)
+    for i in failed:
+        asked[i] = None
+    return asked, failed
+
+
+def _accepts(a: _Asked, s: int, comp, margin: float, corrected: bool) -> int | None:
+    """The item's own option position that ask ``s`` (options rotated by ``s``) would accept as key."""
+    n = len(a.options[s])
+    j = accepted(a.responses[s], n, comp, margin=margin, corrected=corrected)
+    return None if j is None else (j + s) % n
+
+
+def _key_hits(a: _Asked, s: int, key: str | None, comp, margin: float, corrected: bool) -> bool:
+    n = len(a.options[s])
+    return key in LETTERS[:n] and _accepts(a, s, comp, margin, corrected) == LETTERS.index(key)
+
+
+def _candidate_hits(asked: list[_Asked | None], answers: list, rotations, comp, margin: float,
+                    corrected: bool) -> list[list[float] | None]:
+    """Per item, for each option j taken as the key, the probability that the hit rule counts a hit.
+
+    Fixed rotations: every rotation was asked whatever the key, so each candidate is exact (0 or 1).
+    Adaptive: the true key's value is exact; a wrong option ``j*`` accepted by the first ask was never
+    rotated (the key missed), so it gets the member's measured survival rate (see the module notes)."""
+    accepts = [None if a is None else [_accepts(a, s, comp, margin, corrected) for s in range(len(a.responses))]
+               for a in asked]
+    keys = [LETTERS.index(k) if isinstance(k, str) and a is not None and k in LETTERS[: len(a.options[0]) if a.options else 0]
+            else None for k, a in zip(answers, asked)]
+    survival: dict[int, float] = {}
+    if rotations == ADAPTIVE:
+        first, kept = Counter(), Counter()
+        for acc, k, a in zip(accepts, keys, asked):
+            if acc and k is not None and acc[0] == k:
+                n = len(a.options[0])
+                first[n] += 1
+                kept[n] += len(acc) == n and all(x == k for x in acc)
+        survival = {n: kept[n] / first[n] for n in first}
+    out: list[list[float] | None] = []
+    for acc, k, a in zip(accepts, keys, asked):
+        if a is None or not a.options:
+            out.append(None)
+            continue
+        n = len(a.options[0])
+        if rotations != ADAPTIVE:
+            need = _max_asks(n, rotations)
+            out.append([1.0 if len(acc) == need and all(x == j for x in acc) else 0.0 for j in range(n)])
+            continue
+        row = [0.0] * n
+        if acc[0] is not None:
+            j = acc[0]
+            if j == k:
+                row[j] = 1.0 if len(acc) == n and all(x == k for x in acc) else 0.0
+            else:  # never rotated: unknown, so the member's survival rate (1.0 without evidence: conservative)
+                row[j] = survival.get(n, 1.0) if n > 1 else 1.0
+        out.append(row)
+    return out
+
+
+def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCache, progress
+                    ) -> tuple[dict, MemberReport, dict[int, str], list[list[float] | None]]:
+    """Ask one member every item (under the rotation rule); return its columns, its report line, the
+    items (row positions) it could not be asked with why, and per item the candidate-key hit
+    probabilities (:func:`_candidate_hits`) the panel's ``blind_chance`` is computed from."""
     backend = open_backend(member, cache)
+    stats: dict[str, float] = {"asked": 0, "cached": 0, "seconds": 0.0}
+    notes: list[str] = []
     try:
         comp: Competence | None = None
         if panel.control_size:
             task = progress.add(f"{member.name}: controls", min(panel.control_size, len(control_items())))
             comp = assess(backend, cache, panel.control_size, advance=lambda k: progress.advance(task, k))
-        questions, options, answers = items["question"].to_list(), items["options"].to_list(), items["answer"].to_list()
-        hints = items["hint"].to_list() if "hint" in items.columns else [None] * items.height
-        prompts, opts, keys, owner = [], [], [], []
-        failed: dict[int, str] = {}
-        for i, (q, o, a, h) in enumerate(zip(questions, options, answers, hints)):
-            try:
-                o = [str(x) for x in (o or [])]
-                asked = []
-                for s in _shifts(len(o), panel.rotations):
-                    ro, ra = rotate(o, a or "", s)
-                    asked.append((build_prompt(q or "", ro, h, shots=member.shots), ro, ra))
-            except Exception as exc:  # noqa: BLE001 -- one item that cannot be put as a prompt is skipped, not the run
-                failed[i] = _why(exc)
-                continue
-            for prompt, ro, ra in asked:
-                prompts.append(prompt)
-                opts.append(ro)
-                keys.append(ra)
-                owner.append(i)
-        task = progress.add(f"{member.name}: items", len({p.text for p in prompts}))
-        stats: dict[str, float] = {"asked": 0, "cached": 0, "seconds": 0.0}
-        responses, not_taken = _ask(backend, prompts, opts, owner, cache, lambda k: progress.advance(task, k), stats)
-        failed.update(not_taken)
+        asked, failed = _ask_member(backend, items, panel, member, cache, progress, comp, stats)
         identity = backend.identity
+        notes = list(backend.warnings()) if hasattr(backend, "warnings") else []
     finally:
+        heavy = resolve_backend_name(member) not in ("scripted", "openai")  # in-process weights to free
         backend.close()
         del backend
-        gc.collect()
+        if heavy:
+            gc.collect()
 
+    options, answers = items["options"].to_list(), items["answer"].to_list()
+    margin = member.margin if member.margin is not None else panel.margin
     n = items.height
     answer: list[str | None] = [None] * n
     raw: list[str | None] = [None] * n
     prob: list[float | None] = [None] * n
-    hit = [True] * n
-    seen = [False] * n
-    for i, r, key, o in zip(owner, responses, keys, opts):
-        if r is None:  # the item could not be asked (``failed``)
+    probs: list[list[float] | None] = [None] * n
+    calprobs: list[list[float] | None] = [None] * n
+    asks: list[int | None] = [None] * n
+    hit = [False] * n
+    for i, a in enumerate(asked):
+        if a is None:  # the item could not be asked (``failed``)
             continue
-        ok = key in LETTERS[: len(o)] and is_hit(r, key, len(o), comp, margin=panel.margin, corrected=panel.chance_corrected)
-        hit[i] = hit[i] and ok
-        if r.probs is not None and key in LETTERS[: len(o)]:
-            p = r.probs[LETTERS.index(key)]
-            prob[i] = p if prob[i] is None else min(prob[i], p)
-        if not seen[i]:  # the unrotated ask gives the answer in the item's own letters
-            answer[i], raw[i], seen[i] = r.letter, r.raw, True
-    hit = [h and s for h, s in zip(hit, seen)]
+        asks[i] = len(a.responses)
+        if not a.responses:  # no options: nothing to ask
+            continue
+        first = a.responses[0]
+        answer[i], raw[i] = first.letter, first.raw
+        if first.probs is not None:
+            probs[i] = list(first.probs)
+            calprobs[i] = list(calibrated(first.probs, comp))
+        need = _max_asks(len(a.options[0]), panel.rotations)
+        hit[i] = len(a.responses) == need and all(
+            _key_hits(a, s, answers[i], comp, margin, panel.chance_corrected) for s in range(need))
+        for s, (r, ro) in enumerate(zip(a.responses, a.options)):
+            rkey = rotate([str(x) for x in options[i]], answers[i] or "", s)[1]
+            if r.probs is not None and rkey in LETTERS[: len(ro)]:
+                p = r.probs[LETTERS.index(rkey)]
+                prob[i] = p if prob[i] is None else min(prob[i], p)
+    candidates = _candidate_hits(asked, answers, panel.rotations, comp, margin, panel.chance_corrected)
+    chance = [None if c is None else sum(c) / len(c) for c in candidates]
 
-    expected = sum((1 / len(o)) ** len(_shifts(len(o), panel.rotations)) if o else 0 for o in options) / max(n, 1)
+    expected = sum((1 / len(o)) ** _max_asks(len(o), panel.rotations) if o else 0 for o in options) / max(n, 1)
     biased = None
     if comp is not None and comp.letter_bias:
         tot = 0.0
@@ -257,20 +428,106 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
             tot += pr if o else 0.0
         biased = tot / max(n, 1)
     counted = not (panel.at_chance == "exclude" and comp is not None and comp.at_chance)
+    every = [r for a in asked if a is not None for r in a.responses]
     report = MemberReport(
         name=member.name, backend=resolve_backend_name(member), identity=identity, method=member.method, shots=member.shots,
         counted=counted, competence=comp.as_dict() if comp else None, hit_rate=sum(hit) / max(n, 1),
         expected_chance_hit_rate=expected, expected_biased_hit_rate=biased,
-        misses_no_option=sum(1 for r in responses if r is not None and r.raw is not None and r.letter is None),
-        asked=int(stats["asked"]), cached=int(stats["cached"]), model_seconds=round(float(stats["seconds"]), 3),
+        misses_no_option=sum(1 for r in every if r.raw is not None and r.letter is None),
+        asks=sum(x or 0 for x in asks), margin=margin, false_hit_rate=member.false_hit_rate, recall=member.recall,
+        notes=notes, asked=int(stats["asked"]), cached=int(stats["cached"]), model_seconds=round(float(stats["seconds"]), 3),
     )
+    name = member.name
     cols = {
-        f"answer__{member.name}": pl.Series(answer, dtype=pl.String),
-        f"hit__{member.name}": pl.Series(hit, dtype=pl.Boolean),
-        f"prob__{member.name}": pl.Series(prob, dtype=pl.Float64),
-        f"raw__{member.name}": pl.Series(raw, dtype=pl.String),
+        f"answer__{name}": pl.Series(answer, dtype=pl.String),
+        f"hit__{name}": pl.Series(hit, dtype=pl.Boolean),
+        f"prob__{name}": pl.Series(prob, dtype=pl.Float64),
+        f"raw__{name}": pl.Series(raw, dtype=pl.String),
+        f"probs__{name}": pl.Series(probs, dtype=pl.List(pl.Float64)),
+        f"calprobs__{name}": pl.Series(calprobs, dtype=pl.List(pl.Float64)),
+        f"chance__{name}": pl.Series(chance, dtype=pl.Float64),
+        f"asks__{name}": pl.Series(asks, dtype=pl.Int32),
     }
-    return cols, report, failed
+    return cols, report, failed, candidates
+
+
+def _run_members(reps: pl.DataFrame, panel: Panel, cache_path: str | Path, prog) -> list[tuple]:
+    """Every member's :func:`_member_columns`, in panel order.
+
+    Remote members (``openai``: a server does the work) run concurrently, each in its own thread
+    with its own backend and its own connection to the response cache, while the local in-process
+    members run one after the other in this thread (one model in memory at a time, and they would
+    only fight over the same cores). Results are put back in panel order, so the output never
+    depends on which member finished first."""
+    remote = [k for k, m in enumerate(panel.members) if resolve_backend_name(m) == "openai"]
+    results: list[tuple | None] = [None] * len(panel.members)
+
+    def run(k: int) -> tuple:
+        with ResponseCache(cache_path) as cache:
+            return _member_columns(reps, panel, panel.members[k], cache, prog)
+
+    if not remote:
+        for k in range(len(panel.members)):
+            results[k] = run(k)
+        return results
+    pool = ThreadPoolExecutor(max_workers=len(remote), thread_name_prefix="member")
+    try:
+        futures = {k: pool.submit(run, k) for k in remote}
+        for k in range(len(panel.members)):
+            if k not in futures:
+                results[k] = run(k)
+        for k, fut in futures.items():
+            results[k] = fut.result()
+    except BaseException:  # a member failed or the user stopped the run: do not wait for the others here
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _above(ps: list[float], threshold: int) -> float:
+    """P(more than ``threshold`` of independent events with probabilities ``ps`` happen) (Poisson-binomial)."""
+    dist = [1.0]
+    for p in ps:
+        nxt = [0.0] * (len(dist) + 1)
+        for c, q in enumerate(dist):
+            nxt[c] += q * (1.0 - p)
+            nxt[c + 1] += q * p
+        dist = nxt
+    return sum(dist[threshold + 1:])
+
+
+def _blind_chance(candidates: list[list[list[float] | None]], n: int, threshold: int) -> list[float | None]:
+    """Per item, P(blind) if the key were a uniformly random option shared by every counted member.
+
+    For each candidate key j, the counted members' hit probabilities for j (0/1 where their answers
+    decide it, the survival estimate where adaptive rotation never asked) are combined as independent
+    events; the tail above the threshold is averaged over the item's options. Null when a counted
+    member has no answer for the item; 0.0 when no member counts (nothing is ever dropped)."""
+    out: list[float | None] = []
+    for i in range(n):
+        rows = [c[i] for c in candidates]
+        if any(r is None for r in rows):
+            out.append(None)
+            continue
+        width = {len(r) for r in rows}
+        if not candidates or width == {0}:
+            out.append(0.0 if not candidates else None)
+            continue
+        k = width.pop()
+        out.append(sum(_above([r[j] for r in rows], threshold) for j in range(k)) / k)
+    return out
+
+
+def _blind_score(answers: list, calprobs: list[list[list[float] | None]]) -> list[float | None]:
+    """Per item, the mean over counted members of the calibrated probability of the key on the first
+    ask: a continuous blind score for ranking and tie-breaks (null when no member has probabilities)."""
+    out: list[float | None] = []
+    for i, key in enumerate(answers):
+        vals = [c[i][LETTERS.index(key)] for c in calprobs
+                if c[i] is not None and isinstance(key, str) and key in LETTERS[: len(c[i])]]
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out
 
 
 def _representatives(items: pl.DataFrame) -> list[int]:
@@ -410,31 +667,40 @@ def screen_with_report(
     if rule_cols is not None:
         out = out.with_columns(rule_cols.drop("item_id"))  # run_rules keeps item order
     reports = []
-    with ResponseCache(cache_path) as cache, _Progress(progress) as prog:
-        for member in panel.members:
-            cols, rep, failed = _member_columns(reps, panel, member, cache, prog)
-            rep_ids = reps["item_id"].to_list()
-            for k, why in failed.items():
-                unaskable.setdefault(rep_ids[k], f"member {member.name!r}: {why}")
-            cols = _spread(cols, pos, maps)
-            clash = [c for c in cols if c in out.columns]
-            if clash:
-                raise UserError(f"items table already has column(s) {clash}; screen an items.parquet, not a screened one")
-            out = out.with_columns(**cols)
-            reports.append(rep)
+    candidates: dict[str, list[list[float] | None]] = {}
+    with _Progress(progress) as prog:
+        results = _run_members(reps, panel, cache_path, prog)
+    rep_ids = reps["item_id"].to_list()
+    calprobs: dict[str, list[list[float] | None]] = {}
+    for member, (cols, rep, failed, cand) in zip(panel.members, results):  # panel order, whatever finished first
+        rep_calprobs = cols[f"calprobs__{member.name}"].to_list()  # the representatives' own letter order
+        for k, why in failed.items():
+            unaskable.setdefault(rep_ids[k], f"member {member.name!r}: {why}")
+        cols = _spread(cols, pos, maps)
+        clash = [c for c in cols if c in out.columns]
+        if clash:
+            raise UserError(f"items table already has column(s) {clash}; screen an items.parquet, not a screened one")
+        out = out.with_columns(**cols)
+        reports.append(rep)
+        candidates[member.name] = cand
+        calprobs[member.name] = rep_calprobs
     counted = [r.name for r in reports if r.counted]
     threshold = panel.threshold(len(counted))
     hits = pl.sum_horizontal([pl.col(f"hit__{m}").cast(pl.Int32) for m in counted]) if counted else pl.lit(0)
     out = out.with_columns(hits=hits.cast(pl.Int32), n_members=pl.lit(len(counted), dtype=pl.Int32))
     out = out.with_columns(blind=pl.col("hits") > threshold)
+    chance = _blind_chance([candidates[m] for m in counted], reps.height, threshold)
+    score = _blind_score(reps["answer"].to_list(), [calprobs[m] for m in counted])
+    out = out.with_columns(blind_chance=pl.Series(chance, dtype=pl.Float64).gather(pos),
+                           blind_score=pl.Series(score, dtype=pl.Float64).gather(pos))
     # an item is unaskable when it, or the representative whose answers it takes, could not be asked
     rep_of = items["item_id"].gather(rep_rows)
     errors = [unaskable.get(iid) or (f"its group's representative {r} could not be asked: {unaskable[r]}" if r in unaskable else None)
               for iid, r in zip(items["item_id"].to_list(), rep_of.to_list())]
     out = out.with_columns(screen_error=pl.Series(errors, dtype=pl.String))
     skipped = pl.col("screen_error").is_not_null()
-    out = out.with_columns(hits=pl.when(skipped).then(None).otherwise(pl.col("hits")),
-                           blind=pl.when(skipped).then(None).otherwise(pl.col("blind")))
+    out = out.with_columns(**{c: pl.when(skipped).then(None).otherwise(pl.col(c))
+                              for c in ("hits", "blind", "blind_chance", "blind_score")})
     who = pl.concat_str([pl.when(pl.col(f"hit__{m}")).then(pl.lit(m)) for m in counted], separator=",", ignore_nulls=True) if counted else pl.lit("")
     blind_reason = pl.format("blind: {} of {} members answered without the image ({}); threshold {}", "hits", "n_members", who, pl.lit(threshold))
     parts = [pl.when(pl.col("screen_error").is_not_null()).then(pl.lit("unaskable: ") + pl.col("screen_error")),
@@ -455,6 +721,7 @@ def screen_with_report(
                 f"member {r.name!r} is at chance on {c['n']} control questions (accuracy {c['accuracy']:.2f}, "
                 f"95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}], chance {c['chance']:.2f}); {what}"
             )
+    warnings += [f"member {r.name!r}: {note}" for r in reports for note in r.notes]
     n_unaskable = sum(e is not None for e in errors)
     if n_unaskable:
         shown = ", ".join([i for i, e in zip(items["item_id"].to_list(), errors) if e is not None][:5])
@@ -466,6 +733,7 @@ def screen_with_report(
         panel=panel.name, panel_hash=panel.config_hash, template=TEMPLATE_VERSION, rotations=panel.rotations,
         threshold=threshold, n_items=out.height, n_blind=int(out["blind"].sum()), members=reports, warnings=warnings,
         chance_corrected=panel.chance_corrected, n_questions=reps.height, n_unaskable=n_unaskable,
+        n_prompts=sum(r.asks for r in reports),
     )
     return out, report
 
@@ -505,7 +773,7 @@ def screen_workspace(
 
     ws = Workspace(workdir)
     df, report = screen_with_report(
-        ws.read("items"), load_panel(panel_path), cache_path=cache_path or default_cache_path(workdir),
+        ws.read("items"), load_panel(panel_path), cache_path=cache_path or default_cache_path(),
         limit=limit, members=members, progress=progress,
     )
     ws.write("screened", df.filter(pl.col("screen_error").is_null()) if "screen_error" in df.columns else df)

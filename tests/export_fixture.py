@@ -6,6 +6,8 @@ translations), AI2D and MMMU rows with 2 and 4 images, all ingested from ../shar
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -13,9 +15,13 @@ import polars as pl
 from curate.taxonomy import default_taxonomy
 
 
+@functools.lru_cache(maxsize=4)
 def real_items(shared_data: Path, *, max_options: int | None = None) -> pl.DataFrame:
-    """MMBench samples, 30 AI2D items and MMMU's multi-image rows plus some single-image ones."""
-    from curate import ingest
+    """MMBench samples, 30 AI2D items and MMMU's multi-image rows plus some single-image ones.
+
+    Cached for the session: three test modules build on it and each ingest decodes every image
+    (~3 s); a polars frame is not changed in place by the tests, they derive new ones."""
+    from curate.ingest import ingest
 
     v = shared_data / "vlmevalkit"
     mmb = ingest(v / "MMBench_samples.tsv")
@@ -46,3 +52,33 @@ def releasable(df: pl.DataFrame) -> pl.DataFrame:
         pl.when(missing).then(pl.Series([d.name for d in turn])).otherwise(pl.col("l2_category")).alias("l2_category"),
         pl.when(missing).then(pl.Series([d.capability for d in turn])).otherwise(pl.col("category")).alias("category"),
     )
+
+
+@dataclass(frozen=True)
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(capsys, monkeypatch, *args: str) -> CliRun:
+    """``mmcurate ARGS`` through the console-script entry point (``curate.cli.main``), in process.
+
+    The same code path as the installed command (UserError -> one line + exit 2, typer's exit
+    codes) without a new interpreter importing polars, datasets and pyarrow (~5 s per call on
+    this machine); an unexpected exception propagates and fails the test with its traceback.
+    ``tests/test_cli.py`` runs the real executable.
+    """
+    import sys
+
+    from curate import cli
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["mmcurate", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return CliRun(code, out, err)

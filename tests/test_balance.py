@@ -4,9 +4,11 @@ near-duplicates, shortfall table, determinism, replacement, workspace + CLI beha
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -284,3 +286,174 @@ def test_cli_balance_prints_tables_and_fails_with_one_line(workspace):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "asked for 99999 items" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# item statistics (#18): suspect keys, discriminative tie-break, keep-ranking -- on MMStar's own files
+# ----------------------------------------------------------------------------------------
+MMSTAR = Path(__file__).parent / "data" / "mmstar"
+MMSTAR_RESULTS = sorted(MMSTAR.glob("*_MMStar.xlsx"))  # LLaVA-Next-34B (the official submission), VILA-13B, VILA-8B
+
+
+@pytest.fixture(scope="module")
+def mmstar_stats(tmp_path_factory) -> pl.DataFrame:
+    """MMStar's 1,500 items (text only) with item-stats columns computed from its 3 public result files."""
+    from curate.ingest import ingest
+    from curate.item_stats import compute, join_stats
+    from curate.metrics import read_predictions
+
+    ws = tmp_path_factory.mktemp("star") / "ws"
+    ingest([MMSTAR / "llava_next_yi_34b_MMStar.xlsx"], out=ws)
+    items = Workspace(ws).read("items")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats, _ = compute([read_predictions(p) for p in MMSTAR_RESULTS], items)
+    return join_stats(items, stats)
+
+
+def _star_workspace(root, table: pl.DataFrame) -> Workspace:
+    ws = Workspace(root, create=True)
+    ws.write("items", table)
+    return ws
+
+
+def _digest(ws: Workspace) -> str:
+    """What balance wrote, in a form stable across polars versions: columns, picks, ledger rows."""
+    sel = ws.read("balanced")
+    led = ws.ledger().filter(pl.col("stage") == "balance").sort("item_id")
+    h = hashlib.sha256(json.dumps(sel.columns).encode())
+    h.update(json.dumps(sel.select("item_id", "category", "l2_category", "dimension_from").rows()).encode())
+    h.update(json.dumps(led.select("item_id", "status", "reason", "detail").rows()).encode())
+    return h.hexdigest()[:16]
+
+
+def test_without_item_stats_columns_balance_writes_what_it_wrote_before(workspace, tmp_path):
+    """Golden digests (and, on the same polars, balanced.parquet's sha256) written by the balancer
+    before #18 (commit 338df5e) on the same inputs: no item-stats column, no change at all."""
+    from curate.cli_build import balance_summary
+    from curate.ingest import ingest
+
+    res = balance_workspace(workspace.root, total=300, seed=0)
+    assert res.suspect_excluded is None and res.ranking is None
+    assert set(balance_summary(res, workspace.root)) == {
+        "selected", "input_stage", "output", "suggested", "by_dimension", "shortfall", "warnings"}
+    star = tmp_path / "star"
+    ingest([MMSTAR / "llava_next_yi_34b_MMStar.xlsx"], out=star)
+    balance_workspace(star, total=300, seed=0, allow_no_image=True, source_cap=None)
+    assert (_digest(workspace), _digest(Workspace(star))) == ("9f29db89761d9ce3", "229836051f055d03")
+    if pl.__version__ == "2.1.0":  # parquet bytes carry the writer's version
+        sha = [hashlib.sha256(w.path("balanced").read_bytes()).hexdigest()[:16] for w in (workspace, Workspace(star))]
+        assert sha == ["739edfd1eba4cabc", "faca310f3df89e43"]
+
+
+def test_suspect_keys_are_left_out_unless_a_reviewer_kept_them_with_a_ledger_reason(mmstar_stats, tmp_path):
+    from curate.cli_build import balance_summary
+
+    table = mmstar_stats
+    suspect = table.filter(pl.col("suspect_key"))
+    assert 300 < suspect.height < 600  # 3 models, two of them VILA: about a quarter flagged (item_stats docstring)
+    # A reviewer kept the key of every third suspect item (seeded), marked one wrong, left the rest.
+    ids = suspect["item_id"].to_list()
+    kept, wrong = set(ids[::3]), {ids[1]}
+    reviewed = table.with_columns(
+        pl.when(pl.col("item_id").is_in(list(kept))).then(True)
+        .when(pl.col("item_id").is_in(list(wrong))).then(False).otherwise(None).alias("review_key_confirmed"),
+        (~pl.col("item_id").is_in(list(wrong))).alias("review_kept"),  # the "key wrong" verdict drops it
+    )
+    ws = _star_workspace(tmp_path / "ws", reviewed)
+    pool = candidates(reviewed, allow_no_image=True)
+    assert set(pool.filter(pl.col("suspect_key"))["item_id"]) == kept  # only cleared suspects are candidates
+    res = balance_workspace(ws.root, total=600, seed=0, allow_no_image=True, source_cap=None)
+    sel = res.selected
+    assert sel.filter(pl.col("suspect_key") & ~pl.col("review_key_confirmed").fill_null(False)).height == 0
+    assert sel.filter(pl.col("suspect_key")).height > 0  # cleared ones compete like any item
+    led = ws.ledger().filter(pl.col("stage") == "balance")
+    assert led["item_id"].is_unique().all()  # one reason per item, nothing silently lost
+    uncleared = set(ids) - kept - wrong
+    sus_rows = led.filter(pl.col("reason") == "suspect_key")
+    assert set(sus_rows["item_id"]) == uncleared and res.suspect_excluded == len(uncleared)
+    row = sus_rows.row(0, named=True)
+    evidence = suspect.filter(pl.col("item_id") == row["item_id"])["suspect_evidence"].item()
+    assert row["status"] == "dropped" and evidence in row["detail"] and "no reviewer cleared it" in row["detail"]
+    assert "the key is" in evidence  # item-stats' own sentence reaches the ledger
+    assert balance_summary(res, ws.root)["suspect_key_excluded"] == len(uncleared)
+    # Without any review the reason says so, and every flagged item is out.
+    ws2 = _star_workspace(tmp_path / "ws2", table)
+    res2 = balance_workspace(ws2.root, total=300, seed=0, allow_no_image=True, source_cap=None)
+    assert res2.suspect_excluded == suspect.height and not res2.selected["suspect_key"].any()
+    assert "not reviewed" in ws2.ledger().filter(pl.col("reason") == "suspect_key")["detail"][0]
+    # --replace never swaps a suspect item in either.
+    victim = res2.selected.filter(pl.col("difficulty") == "easy")["item_id"][0]  # easy items are plentiful
+    rep = replace(res2.selected, table, victim, seed=0, allow_no_image=True, source_cap=None)
+    assert not table.filter(pl.col("item_id") == rep.added)["suspect_key"].item()
+
+
+def _cell_counts(df: pl.DataFrame) -> dict:
+    return per(df, "category", "l2_category", "source", "difficulty")
+
+
+def test_discriminative_tie_break_fills_each_cell_with_its_best_items_and_never_moves_a_quota(mmstar_stats):
+    table = mmstar_stats
+    assert table["discriminability"].null_count() < table.height  # 3 models: defined where they split
+    plain, short_plain = balance(table, total=300, seed=0, allow_no_image=True, source_cap=None, prefer_discriminative=False)
+    disc, short_disc = balance(table, total=300, seed=0, allow_no_image=True, source_cap=None)
+    assert _cell_counts(disc) == _cell_counts(plain) and short_disc.equals(short_plain)
+    assert per(disc, "category") == {c: 50 for c in CAPS}
+    score = pl.col("discriminability").fill_null(-2.0)  # undefined ranks last
+    assert disc.select(score.mean()).item() > plain.select(score.mean()).item() + 0.1
+    # Within every cell, no left-out candidate beats a selected one (the documented order).
+    cand = candidates(table, allow_no_image=True).with_columns(score.alias("d"), pl.col("item_id").is_in(disc["item_id"].implode()).alias("chosen"))
+    cells = cand.group_by("l2_category", "source", "difficulty").agg(
+        pl.col("d").filter(pl.col("chosen")).min().alias("worst_in"), pl.col("d").filter(~pl.col("chosen")).max().alias("best_out"))
+    bad = cells.filter(pl.col("worst_in").is_not_null() & pl.col("best_out").is_not_null() & (pl.col("best_out") > pl.col("worst_in")))
+    assert bad.height == 0, bad
+    # Deterministic and independent of row order; the seed still breaks the remaining ties.
+    again, _ = balance(table.sample(fraction=1.0, shuffle=True, seed=5), total=300, seed=0, allow_no_image=True, source_cap=None)
+    assert again["item_id"].to_list() == disc["item_id"].to_list()
+
+
+def test_keep_ranking_on_real_result_files_reports_tau_and_beats_random_subsets(mmstar_stats, tmp_path):
+    """MMStar's 3 public result files. With 3 models Kendall's tau takes few values and random
+    subsets of 120 already rank these models right most of the time (mean tau 0.96 over 20 seeds),
+    so the test asks for tau 1 *and* strictly above the random mean, and for per-model accuracy
+    errors below the random median."""
+    from rich.console import Console
+
+    from curate.balance import pool_difficulty_mix
+    from curate.cli_build import balance_summary, print_balance
+    from curate.item_stats import random_subset, ranking_agreement
+
+    ws = _star_workspace(tmp_path / "ws", mmstar_stats)
+    res = balance_workspace(ws.root, total=120, seed=0, allow_no_image=True, source_cap=None,
+                            keep_ranking=MMSTAR_RESULTS)
+    r = res.ranking
+    assert set(r["accuracy_diff"]) == {"llava_next_yi_34b", "vila_13b", "vila_8b"}
+    pool = candidates(mmstar_stats, allow_no_image=True)
+    assert r["full_set"] == pool.height and r["selected_with_results"] == 120  # suspect keys are not the full set
+    assert r["tau"] == 1.0
+    # The quotas are those of plain balance with the pool's difficulty mix (the baseline): capability 20 each.
+    assert per(res.selected, "category") == {c: 20 for c in CAPS}
+    base, _ = balance(mmstar_stats, total=120, seed=0, allow_no_image=True, source_cap=None,
+                      difficulty_mix=pool_difficulty_mix(pool["difficulty"]))
+    assert _cell_counts(res.selected) == _cell_counts(base)
+    correct = _correct(pool, ws.root)
+    assert r["baseline"]["max_abs_diff"] == ranking_agreement(correct, base["item_id"])["max_abs_diff"]
+    rand = [ranking_agreement(correct, random_subset(correct, 120, seed=s)) for s in range(20)]
+    assert r["tau"] > np.mean([x["tau"] or 0.0 for x in rand])
+    assert r["max_abs_diff"] < np.median([x["max_abs_diff"] for x in rand])
+    assert r["max_abs_diff"] < r["baseline"]["max_abs_diff"]
+    # Reported in the JSON and on the console.
+    assert balance_summary(res, ws.root)["ranking"]["tau"] == 1.0
+    con = Console(record=True, width=160)
+    print_balance(res, ws.root, con)
+    text = con.export_text()
+    assert "Kendall's tau 1.000" in text and "vila_8b" in text
+
+
+def _correct(pool: pl.DataFrame, ws_root) -> pl.DataFrame:
+    from curate.item_stats import correct_matrix_from_files
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every result row names an item of the workspace
+        full = correct_matrix_from_files(MMSTAR_RESULTS, Workspace(ws_root).read("items"))
+    return full.filter(pl.col("item_id").is_in(pool["item_id"].implode()))

@@ -8,8 +8,6 @@ import base64
 import hashlib
 import io
 import shutil
-import subprocess
-import sys
 
 import polars as pl
 import pytest
@@ -18,7 +16,7 @@ import yaml
 from curate.errors import UserError
 from curate.export import export, export_workspace
 from curate.workspace import Workspace
-from tests.export_fixture import real_items, releasable
+from tests.export_fixture import real_items, releasable, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +128,8 @@ def test_tsv_is_vlmevalkit_mcq_and_round_trips_through_ingest(items, tmp_path):
     data = pd.read_csv(tsv, sep="\t")
     assert {"index", "question", "answer", "image", "category", "l2-category"} <= set(data.columns)
     assert data["index"].is_unique and data["answer"].isin(list("ABCDEFGHI")).all()
+    multi = [c.startswith("[") and c.endswith("]") for c in data["image"]]
+    assert sum(multi) == items.filter(pl.col("n_images") > 1).height > 0  # both branches below are taken
     for cell, paths in zip(data["image"], data["image_path"]):
         if cell.startswith("[") and cell.endswith("]"):
             imgs, names = ast.literal_eval(cell), ast.literal_eval(paths)
@@ -177,7 +177,7 @@ def test_existing_export_dir_needs_overwrite_and_errors_leave_it_untouched(items
         export(items, tmp_path / "x", fmt="csv")
 
 
-def test_export_of_a_corrupt_stage_and_the_cli(items, tmp_path):
+def test_export_of_a_corrupt_stage_and_the_cli(items, tmp_path, capsys, monkeypatch):
     ws = Workspace(tmp_path / "ws", create=True)
     ws.write("screened", items.head(10))
     (ws.root / "balanced.parquet").write_bytes(b"not parquet at all")
@@ -188,7 +188,7 @@ def test_export_of_a_corrupt_stage_and_the_cli(items, tmp_path):
     assert stage == "screened"
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "curate.cli", "export", *args], capture_output=True, text=True, timeout=300)
+        return run_cli(capsys, monkeypatch, "export", *args)
 
     r = cli(str(ws.root), "--to", str(tmp_path / "e"), "--format", "tsv", "--stage", "screened")
     assert r.returncode == 2 and "already exists; pass --overwrite" in r.stderr and "Traceback" not in r.stderr

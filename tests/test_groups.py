@@ -233,7 +233,7 @@ def stub_panel(monkeypatch):
     LongestOption.prompts = []
     monkeypatch.setattr(screen_mod, "open_backend", lambda member, cache, **kw: LongestOption(member, cache))
     return panel_from_dict({
-        "panel": {"name": "longest", "max_hits": 0, "control_size": 0, "chance_corrected": False},
+        "panel": {"name": "longest", "max_hits": 0, "control_size": 0, "chance_corrected": False, "rotations": 1},
         "member": [{"name": "longest", "model": "package:smollm2-135m-instruct", "backend": "transformers", "shots": 0}],
     })
 

@@ -93,12 +93,26 @@ def test_multi_image_rows_and_open_questions(shared_data, tmp_path):
 
 
 def test_rows_without_image_are_dropped_with_reason(shared_data, tmp_path):
+    """MathVista's real rows with the image cell of three multiple-choice rows emptied: exactly those
+    three are dropped as ``no_image`` (VLMEvalKit skips them too); nothing else changes."""
     src = shared_data / VLM / "MathVista_MINI_sub100.tsv"
-    ingest_to_workspace([src], tmp_path)
-    ledger = ledger_of(tmp_path)
+    rows = tsv_rows(src)
+    mcq = [i for i, r in enumerate(rows, 1) if r.get("A", "").strip() and r.get("answer", "").strip()]
+    emptied = mcq[:3]
+    for i in emptied:
+        rows[i - 1]["image"] = ""
+    path = write_tsv(tmp_path / "MathVista_holes.tsv", rows)
+    ws = tmp_path / "ws"
+    ingest_to_workspace([path], ws)
+    ledger = ledger_of(ws)
     reasons = dict(ledger.group_by("reason").len().iter_rows())
     assert reasons.get("open_question") == 46  # free_form rows have no options
-    assert_accounted(tmp_path, {str(src): 100})
+    no_image = ledger.filter(pl.col("reason") == "no_image")
+    assert no_image["row"].sort().to_list() == emptied and set(no_image["status"]) == {"dropped"}
+    items = pl.read_parquet(ws / "items.parquet")
+    assert items.height == 54 - 3 and (items["n_images"] >= 1).all()
+    assert not set(items["row"].to_list()) & set(emptied)
+    assert_accounted(ws, {str(path): 100})
 
 
 def test_xlsx_result_file_text_only(shared_data, tmp_path):
@@ -441,3 +455,59 @@ def test_columnar_path_duplicate_ids_match_row_path(shared_data, tmp_path):
     assert ledger.filter(pl.col("source_file") == str(copy))["reason"].unique().to_list() == ["duplicate_id"]
     for file in ("items.parquet", "ledger.parquet"):
         assert pl.read_parquet(tmp_path / "columnar" / file).equals(pl.read_parquet(tmp_path / "rows" / file)), file
+
+
+# --- normalisation rules, one decision each (mutation testing found these untested) ------------
+
+
+def test_embedded_options_edges():
+    from curate.normalize import split_embedded_options
+
+    # MMStar's style; a trailing comma is not part of the last option (an option may end in X)
+    assert split_embedded_options("Which genotype?\nOptions: A: XAXa, B: XaY, C: XAX,") == (
+        ["XAXa", "XaY", "XAX"], "Which genotype?", "question")
+    # MathVista's style: the question loses the whitespace before its choices, keeps its own start
+    assert split_embedded_options("  Which is larger? \nChoices:\n(A) 1\n(B) 2") == (["1", "2"], "  Which is larger?", "question")
+    # not options: no question before them, letters with a gap, nothing embedded -> the field is "options"
+    for q in ("\nOptions: A: x, B: y", "Which?\nOptions: A: x, C: y", "Which?\n(A) x\n(C) y", "Plain question?"):
+        assert split_embedded_options(q) == ([], q, "options"), q
+
+
+def test_option_cells_padding_and_restored_none():
+    from curate.normalize import RESTORED_NA_TEXT, _settle_options
+
+    assert _settle_options([None, None, None], None, "A") == ([], None)  # no option at all: nothing to pad
+    assert _settle_options(["x", "y", None, None], "B", "A") == (["x", "y"], None)  # trailing NA: padding
+    opts, note = _settle_options(["x", None, "z", None], "A", "A")  # an NA before a real option is restored,
+    assert opts == ["x", RESTORED_NA_TEXT, "z"] and "option(s) B empty" in note  # the trailing one is still padding
+    opts, note = _settle_options(["x", "y", None, None], "D", "A")  # ... and so is the key, past the last text
+    assert opts == ["x", "y", RESTORED_NA_TEXT, RESTORED_NA_TEXT] and "C, D" in note
+
+
+@pytest.mark.parametrize(
+    "raw, options, text_first, expected",
+    [
+        ("b", ["x", "y"], False, "B"),
+        ("(B).", ["x", "y"], False, "B"),
+        ("y", ["x", "y"], False, "B"),  # an option's text
+        (1, ["x", "y"], False, "B"),  # typed as an integer: a 0-based index (ClassLabel)
+        ("2", ["1", "2", "3", "4"], True, "B"),  # options came as a list: the text wins (MathVista)
+        ("18", ["9", "12", "18", "18"], True, "C"),  # the same text twice: the first, as MMStar keyed it
+        # quarantines: (reason, field, part of the detail)
+        ("", ["x", "y"], False, ("missing_answer", "answer", "field 'answer' is empty: no answer key")),
+        ("C", ["x", "y"], False, ("answer_not_in_options", "answer", "not among the 2 options (A-B)")),
+        ("(E).", ["w", "x", "y", "z"], False, ("answer_not_in_options", "answer", "not among the 4 options (A-D)")),
+        ("2", ["1", "2", "3", "4"], False, ("ambiguous_answer", "answer", "option B's text and, as a 0-based index, option C")),
+        ("z", ["x", "y"], False, ("answer_not_in_options", "answer", "neither an option letter nor the text")),
+    ],
+)
+def test_answer_key_rules(raw, options, text_first, expected):
+    from curate.errors import RowError
+    from curate.normalize import _answer_letter
+
+    if isinstance(expected, str):
+        assert _answer_letter(raw, options, "answer", text_first=text_first) == expected
+        return
+    with pytest.raises(RowError) as err:
+        _answer_letter(raw, options, "answer")  # the default rule (text_first=False): a text answer is ambiguous
+    assert (err.value.reason, err.value.field) == expected[:2] and expected[2] in err.value.detail

@@ -48,6 +48,9 @@ def test_server_validates_our_generated_config_and_rejects_a_broken_one(label_st
     assert err.value.status_code == 400
 
 
+SUSPECT = "2 of 3 models chose C, the key is A, and the best model (m1) chose C"
+
+
 @pytest.fixture(scope="module")
 def screened_ws(shared_data, tmp_path_factory) -> Path:
     """Real MMBench samples, screened by hand: 4 blind, 2 rule-dropped, hits and a member column."""
@@ -61,6 +64,9 @@ def screened_ws(shared_data, tmp_path_factory) -> Path:
         rule_drop=pl.Series([i in (4, 5) for i in range(n)]),
         answer__smollm2=pl.Series(["A"] * n),
         suggested_l2_category=pl.Series(["recognition" if i % 2 else "image scene and topic" for i in range(n)]),
+        # item-stats (#18) doubted the keys of items 6 and 8
+        suspect_key=pl.Series([i in (6, 8) for i in range(n)]),
+        suspect_evidence=pl.Series([SUSPECT if i in (6, 8) else None for i in range(n)], dtype=pl.String),
     )
     Workspace(ws).write("screened", screened)
     return ws
@@ -81,6 +87,8 @@ def test_round_trip_three_reviewers_every_decision(label_studio, screened_ws):
     full = sdk(label_studio).tasks.get(id=by_item["MMBench_samples:7"].id)
     pred = {r["from_name"]: r["value"]["choices"][0] for r in full.predictions[0].result}
     assert pred == {"dimension": "recognition"}  # the central questions are never pre-answered
+    assert by_item["MMBench_samples:6"].data["suspect_evidence"] == SUSPECT  # what the reviewer is shown, kept by the server
+    assert SUSPECT in by_item["MMBench_samples:6"].data["options_html"] and "suspect_evidence" not in by_item["MMBench_samples:7"].data
 
     ls = sdk(label_studio)
     users = {name: ls.users.create(username=name, email=f"{name}@review.test").id for name in ("ann", "bob", "cy")}
@@ -124,6 +132,8 @@ def test_round_trip_three_reviewers_every_decision(label_studio, screened_ws):
         "suggested_dimension": None,
     }
     assert r["11"]["review_n_decided"] == 3 and r["11"]["review_suggestions_accepted"] == 0
+    # suspect keys: 6 kept by all three (confirmed), 8 marked wrong (rejected), the rest not suspect
+    assert (r["6"]["review_key_confirmed"], r["8"]["review_key_confirmed"], r["7"]["review_key_confirmed"]) == (True, False, None)
 
     ledger = Workspace(screened_ws).ledger().filter(pl.col("stage") == "review")
     assert ledger.height == 48
@@ -136,6 +146,7 @@ def test_round_trip_three_reviewers_every_decision(label_studio, screened_ws):
     assert agreement["needs_image"]["n_items"] == 6 and agreement["needs_image"]["fleiss_kappa"] is not None
     assert agreement["needs_image"]["cohen_kappa_pairs"]["ann@review.test | bob@review.test"]["n_items"] == 6
     assert agreement["key_correct"]["all_agree_share"] == pytest.approx(4 / 6, abs=1e-3)
+    assert agreement["suspect_key"] == {"suspect": 2, "confirmed": 1, "rejected": 1, "not_cleared": 0}
 
     # pulling again is stable and does not double the ledger
     pull(screened_ws, client, "round trip", min_reviewers=3)

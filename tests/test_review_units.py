@@ -292,3 +292,75 @@ def test_reviewer_logins_are_private_and_stable(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == "0o600" and set(first) == {"ann@x", "bob@x"} and first["ann@x"] != first["bob@x"]
     again = json.loads(save_reviewer_logins(tmp_path, ["bob@x", "cy@x"]).read_text())
     assert again["ann@x"] == first["ann@x"] and again["bob@x"] == first["bob@x"] and "cy@x" in again
+
+
+# -- suspect keys (#18): evidence beside the key, review_key_confirmed from the "key correct" answer ----
+SUSPECT = "2 of 3 models chose C, the key is B, and the best model (llava_next_yi_34b) chose C"
+
+
+def test_suspect_key_evidence_sits_beside_the_key_and_the_config_is_unchanged(mmbench):
+    row = mmbench.row(0, named=True)
+    plain = item_to_task(row, ImagePlan("inline"))
+    flagged = item_to_task({**row, "suspect_key": True, "suspect_evidence": SUSPECT}, ImagePlan("inline"))
+    cleared = item_to_task({**row, "suspect_key": False, "suspect_evidence": None}, ImagePlan("inline"))
+    assert "suspect_evidence" not in plain["data"] and cleared["data"] == plain["data"]  # unflagged: the same task
+    html = flagged["data"]["options_html"]
+    key_line = next(li for li in html.split("<li") if "mmc-key" in li)
+    assert "KEY</span>" in key_line and "DOUBTED" in key_line  # on the key's own line
+    listing, box = html.split("</ul>")
+    tag = key_line[key_line.index("KEY</span>") + len("KEY</span>"):key_line.index("</li>")]
+    assert listing.replace(tag, "") + "</ul>" == plain["data"]["options_html"]  # only the tag added; the evidence follows the list
+    assert box.startswith('<div class="mmc-hint mmc-suspect"')
+    assert "2 of 3 models chose C, the key is B" in html and "k keeps the key, x marks it wrong" in html
+    assert flagged["data"]["suspect_evidence"] == SUSPECT and "Suspect key: 2 of 3" in flagged["data"]["evidence"]
+    assert "predictions" not in flagged  # "is the key right?" is still never pre-answered
+    # no new control, no new data field the config reads: config v2 stays, hotkeys too
+    assert "$suspect_evidence" not in labeling_config() and MARKER == "mmcurate-review-v2"
+    bare = item_to_task({**row, "suspect_key": True, "suspect_evidence": None}, ImagePlan("inline"))
+    assert "disagree with this key" in bare["data"]["options_html"]  # flagged without text: still warned
+    assert "&lt;b&gt;" in options_html(["x", "y"], "A", "<b>sneaky</b>")  # evidence is escaped
+
+
+def test_review_key_confirmed_from_the_recorded_key_correct_answers():
+    """``review_key_confirmed``: true = evidence shown and every reviewer kept the key; false = a
+    reviewer marked it wrong; null = not suspect, nobody answered, or the task never showed the evidence."""
+    ids = ["ok", "bad", "old", "plain", "open", "late"]
+    stage = pl.DataFrame({
+        "item_id": ids, "source_file": ["f.tsv"] * 6, "row": list(range(1, 7)),
+        "suspect_key": [True, True, True, False, True, None],
+        "suspect_evidence": [SUSPECT, SUSPECT, SUSPECT, None, SUSPECT, None],
+    })
+    emails = {1: "ann@x", 2: "bob@x", 3: "cy@x"}
+    shown = {"suspect_evidence": SUSPECT}
+
+    def task(item_id, anns, data=shown):
+        return {"data": {"item_id": item_id, **data}, "annotations": anns}
+
+    tasks = [
+        task("ok", [_ann(1, 1, "yes", "yes", "geometry"), _ann(2, 2, "yes", "yes", "geometry"), _ann(3, 3, "yes", "yes", "geometry")]),
+        task("bad", [_ann(4, 1, "yes", "yes", "geometry"), _ann(5, 2, "yes", "no", "geometry", fix="C"), _ann(6, 3, "yes", "yes", "geometry")]),
+        # pushed before item-stats: the task data has no evidence, so nobody was asked about it
+        task("old", [_ann(7, 1, "yes", "yes", "geometry"), _ann(8, 2, "yes", "yes", "geometry"), _ann(9, 3, "yes", "yes", "geometry")], data={}),
+        task("plain", [_ann(10, 1, "yes", "yes", "geometry")], data={}),
+        task("open", []),
+        task("late", [_ann(11, 1, "yes", "yes", "geometry")]),  # flagged at push, cleared by a later item-stats run
+    ]
+    res = decide(stage, tasks, emails, min_reviewers=3)
+    t = {r["item_id"]: r for r in res.table.iter_rows(named=True)}
+    assert {i: t[i]["review_key_confirmed"] for i in ids} == {"ok": True, "bad": False, "old": None, "plain": None, "open": None, "late": None}
+    assert res.table.schema["review_key_confirmed"] == pl.Boolean
+    assert (t["ok"]["review_kept"], t["bad"]["review_reason"]) == (True, "reviewer_key_wrong")  # the usual rule still decides
+    led = {r["item_id"]: r["detail"] for r in res.ledger.iter_rows(named=True)}
+    assert "all 3 reviewers kept the key" in led["ok"] and "a reviewer marked the key wrong" in led["bad"]
+    assert "did not show the evidence" in led["old"] and "suspect" not in led["plain"]
+    assert res.agreement["suspect_key"] == {"suspect": 4, "confirmed": 1, "rejected": 1, "not_cleared": 2}
+    # A pre-filled "key correct" (origin prediction) is no decision: not a confirmation either.
+    pre = {"id": 20, "completed_by": 1, "updated_at": "2026-01-01T00:00:00Z", "result": [
+        {"from_name": "needs_image", "origin": "manual", "value": {"choices": ["yes"]}},
+        {"from_name": "key_correct", "origin": "prediction", "value": {"choices": ["yes"]}},
+        {"from_name": "dimension", "origin": "manual", "value": {"choices": ["geometry"]}}]}
+    one = decide(stage.head(1), [task("ok", [pre])], emails, min_reviewers=1)
+    assert one.table["review_key_confirmed"].item() is None
+    # Without item-stats columns the column is there and null, and the agreement file says nothing new.
+    none = decide(stage.drop("suspect_key", "suspect_evidence"), tasks, emails, min_reviewers=3)
+    assert none.table["review_key_confirmed"].null_count() == len(ids) and "suspect_key" not in none.agreement

@@ -195,21 +195,21 @@ def test_leak_real_data_counts_and_known_cases(real):
     sqa = real("text_pools/ScienceQA_TEST_vila13b.xlsx")
     out = sqa.join(check_answer_leak(sqa, CFG), on="item_id")
     flagged = out.filter("answer_leak_flag")
-    # measured: 48 of 2,017 (mostly "same species as X" where the hint names X's scientific name)
-    assert 30 <= flagged.height <= 80
+    # 48 of 2,017, 41 of them "same species as X" where the hint names X's scientific name
+    assert (sqa.height, flagged.height) == (2017, 48)
     species = flagged.filter(pl.col("question").str.contains("same (species|genus) as"))
-    assert species.height >= 0.6 * flagged.height
+    assert species.height == 41
     assert all("appears in the hint" in r for r in species["answer_leak_reason"])
 
     mmb = real("text_pools/MMBench_DEV_llava13b.xlsx")
     out = mmb.join(check_answer_leak(mmb, CFG), on="item_id")
     same = out.filter(pl.col("question").str.contains("the same (shape|color|size)"))
-    assert same.height > 20 and same["answer_leak_flag"].sum() == 0  # "same" vs "Not the same"
-    assert out["answer_leak_flag"].sum() <= 10  # measured: 2 of 4,377
+    assert same.height == 101 and same["answer_leak_flag"].sum() == 0  # "same" vs "Not the same"
+    assert (mmb.height, out["answer_leak_flag"].sum()) == (4377, 2)
 
     seed = real("text_pools/SEEDBench_IMG_vila13b.xlsx")
     flags = check_answer_leak(seed, CFG)["answer_leak_flag"]
-    assert 10 <= flags.sum() <= 0.005 * seed.height  # measured: 31 of 14,232
+    assert (seed.height, flags.sum()) == (14232, 31)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_near_duplicate_finds_every_circular_copy_in_mmbench_dev(real):
     out = mmb.join(check_near_duplicate(mmb, CFG), on="item_id").with_columns(i=pl.col("orig_index").cast(pl.Int64))
     bases = out.filter(pl.col("i") < 1_000_000)["i"]
     copies = out.filter((pl.col("i") >= 1_000_000) & (pl.col("i") % 1_000_000).is_in(bases.implode()))
-    assert copies.height > 3000  # measured: 3,190
+    assert copies.height == 3201  # every CircularEval copy whose original is in the file
     assert copies["near_duplicate_flag"].all()
     originals = out.filter(pl.col("i").is_in(bases.implode()))
     # each original is in a group, and copies point to an earlier (kept) item
@@ -261,9 +261,9 @@ def test_near_duplicate_real_ai2d_labels_and_paraphrase(real):
     for a, b in [("133", "134"), ("181", "182"), ("104", "105"), ("199", "200"), ("33", "34")]:
         ga, gb = group[f"AI2D_TEST_sub309:{a}"], group[f"AI2D_TEST_sub309:{b}"]
         assert ga is None or ga != gb, (a, b)
-    assert out["near_duplicate_flag"].sum() <= 3  # measured: 1 of 305
+    assert out["near_duplicate_flag"].sum() == 1  # the deer pair above, of 309
     loose = check_near_duplicate(ai2d, RuleConfig(near_duplicate_question_threshold=0.5))
-    assert loose["near_duplicate_flag"].sum() > out["near_duplicate_flag"].sum()
+    assert loose["near_duplicate_flag"].sum() == 4
 
 
 def test_near_duplicate_across_chunks_on_real_data(real, monkeypatch):
@@ -275,9 +275,9 @@ def test_near_duplicate_across_chunks_on_real_data(real, monkeypatch):
     monkeypatch.setattr(dup, "CHUNK", 37)
     small = check_near_duplicate(sqa, CFG)
     assert full.equals(small)
-    # measured: 93 groups, 473 later copies (ScienceQA reuses question templates; no images here)
+    # 93 groups, 473 later copies (ScienceQA reuses question templates; no images here)
     groups = full["near_duplicate_group"].drop_nulls().n_unique()
-    assert 50 <= groups <= 300 and full["near_duplicate_flag"].sum() > groups
+    assert (groups, full["near_duplicate_flag"].sum()) == (93, 473)
     kept = full.filter(pl.col("near_duplicate_group") == pl.col("item_id"))
     assert kept.height == groups and not kept["near_duplicate_flag"].any()
 
@@ -326,9 +326,9 @@ def test_duplicate_image_reencoded_copy_and_no_image_items(real):
 def test_duplicate_image_real_ai2d_groups(real):
     ai2d = real("vlmevalkit/AI2D_TEST_sub309.tsv")
     out = check_duplicate_image(ai2d, CFG)
-    # AI2D asks several questions per diagram: measured 61 groups, 240 later items
-    assert out["duplicate_image_group"].drop_nulls().n_unique() >= 40
-    assert out["duplicate_image_flag"].sum() >= 150
+    # AI2D asks several questions per diagram: 61 groups, 240 later items
+    assert out["duplicate_image_group"].drop_nulls().n_unique() == 61
+    assert out["duplicate_image_flag"].sum() == 240
 
 
 def test_undecodable_image_is_a_user_error_naming_the_item():
@@ -428,7 +428,7 @@ def test_run_rules_on_real_tsv(real):
     assert out.filter(~pl.col("rule_drop"))["rule_reason"].null_count() == out.height - dropped.height
     # MMMU has "All of the above"-style options: flagged, kept
     traps = out.filter(pl.col("malformed_reason").str.contains("trap"))
-    assert traps.height >= 3 and not traps["malformed_drop"].any()
+    assert traps.height == 6 and not traps["malformed_drop"].any()
     # options that differ only by a sign ("-$1,890.98" vs "$1,890.98") are not duplicates
     signs = out.filter(pl.col("options").list.join("|").str.contains("1,890.98"))
     assert signs.height == 1 and not signs["malformed_flag"][0]
@@ -445,12 +445,12 @@ def test_near_duplicate_pruned_search_equals_brute_force(real):
     mmb = real("text_pools/MMBench_DEV_llava13b.xlsx").head(2500)
     texts = [_question_text(q, o) for q, o in zip(mmb["question"].to_list(), mmb["options"].to_list())]
     x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32).fit_transform(texts)
-    for threshold in (0.9, 0.7):
+    for threshold, n_pairs in ((0.9, 9557), (0.7, 14270)):
         got = {(int(a), int(b)) for r, c, _ in _similar_pairs(x, threshold) for a, b in zip(r, c)}
         full = cosine_similarity(x)
         r, c = np.nonzero(np.triu(full >= threshold - 1e-6, k=1))
         assert got == set(zip(r.tolist(), c.tolist()))
-        assert len(got) > 1000
+        assert len(got) == n_pairs
 
 
 def test_run_rules_on_empty_and_single_item_tables():

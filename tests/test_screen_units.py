@@ -32,6 +32,7 @@ def test_shipped_panels_load():
     default = load_panel()
     assert [m.name for m in default.members] == ["qwen2.5-coder-1.5b"]
     assert default.members[0].shots == 2 and default.max_hits == 0
+    assert default.rotations == "adaptive" and default.members[0].margin is None
     tiny = load_panel(Path(__file__).parents[1] / "data" / "panel_tiny.toml")
     assert tiny.members[0].model == "package:smollm2-135m-instruct"
 
@@ -60,6 +61,25 @@ def test_typo_in_panel_field_and_bad_values(tmp_path):
         load_panel(write(tmp_path, "[panel]\nmax_hits = 1\n"))
 
 
+def test_rotations_adaptive_or_int_and_member_margin_and_rates(tmp_path):
+    assert load_panel(write(tmp_path, MEMBER)).rotations == "adaptive"  # the default
+    assert load_panel(write(tmp_path, "[panel]\nrotations = 4\n" + MEMBER)).rotations == 4
+    with pytest.raises(UserError, match=r"panel\.rotations = 'adaptve' must be an int >= 1 or \"adaptive\" \(did you mean 'adaptive'\?\)"):
+        load_panel(write(tmp_path, '[panel]\nrotations = "adaptve"\n' + MEMBER))
+    with pytest.raises(UserError, match=r"panel\.rotations = 0 must be >= 1"):
+        load_panel(write(tmp_path, "[panel]\nrotations = 0\n" + MEMBER))
+    with pytest.raises(UserError, match=r"rotations = 1.5 must be a int or str"):
+        load_panel(write(tmp_path, "[panel]\nrotations = 1.5\n" + MEMBER))
+    m = load_panel(write(tmp_path, MEMBER + "margin = 0.25\nfalse_hit_rate = 0.02\nrecall = 0.8\n")).members[0]
+    assert (m.margin, m.false_hit_rate, m.recall) == (0.25, 0.02, 0.8)
+    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.margin = 1.5 must be in \[0, 1\)"):
+        load_panel(write(tmp_path, MEMBER + "margin = 1.5\n"))
+    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.recall = 2 must be in \[0, 1\]"):
+        load_panel(write(tmp_path, MEMBER + "recall = 2\n"))
+    with pytest.raises(UserError, match=r"false_hit_rate = 'low' must be a float"):
+        load_panel(write(tmp_path, MEMBER + 'false_hit_rate = "low"\n'))
+
+
 def test_missing_model_path_and_openai_without_url(tmp_path):
     with pytest.raises(UserError, match=r"model = 'nowhere/model.gguf': no such file or folder"):
         load_panel(write(tmp_path, '[[member]]\nname = "x"\nmodel = "nowhere/model.gguf"\n'))
@@ -80,6 +100,12 @@ def test_config_hash_ignores_plumbing_but_not_verdict_settings():
     faster = dataclasses.replace(base, members=(dataclasses.replace(base.members[0], batch_size=64, n_threads=8),))
     stricter = dataclasses.replace(base, margin=0.2)
     assert base.config_hash == faster.config_hash != stricter.config_hash
+    # measured rates describe a member (written by `panel calibrate`); its own margin decides
+    described = dataclasses.replace(base, members=(dataclasses.replace(base.members[0], false_hit_rate=0.02, recall=0.8),))
+    own_margin = dataclasses.replace(base, members=(dataclasses.replace(base.members[0], margin=0.2),))
+    assert described.config_hash == base.config_hash != own_margin.config_hash
+    assert "margin" not in base.resolved()["members"][0]  # no per-member margin: the hash it had before they existed
+    assert base.config_hash != dataclasses.replace(base, rotations=1).config_hash
     assert len(base.config_hash) == 16
 
 

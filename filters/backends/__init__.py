@@ -75,6 +75,10 @@ def resolve_backend_name(member: Member) -> str:
 
 def open_backend(member: Member, cache: ResponseCache, **options) -> Backend:
     name = resolve_backend_name(member)
+    if name == "scripted":  # answers written in advance (tests of the screen's decisions)
+        from filters.backends.scripted import ScriptedBackend
+
+        return ScriptedBackend(member, cache, **options)
     if name == "openai":
         from filters.backends.openai_http import OpenAIBackend
 
