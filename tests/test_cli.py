@@ -138,6 +138,7 @@ def test_tables_are_not_wrapped_at_80_columns_in_a_log(shared_data, tmp_path):
     assert row and len(row[0]) > 80 and "309" in row[0]
 
 
+@pytest.mark.slow  # several CLI processes, 5-7 s: runs in CI, not in the fast loop
 def test_no_resource_warning(shared_data, tmp_path):
     """ingest of a real TSV (+ the demo pool, for balance), status and balance under -X dev, ResourceWarning shown."""
     python = [sys.executable, "-X", "dev", "-W", "always::ResourceWarning", "-m", "curate.cli"]

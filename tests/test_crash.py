@@ -84,6 +84,7 @@ def test_ingest_killed_at_each_commit_step(old_ws, shared_data, step, expected):
     assert not list(old_ws.glob(".*.tmp"))  # the killed run's temporaries are gone
 
 
+@pytest.mark.slow  # several CLI processes, 5-7 s: runs in CI, not in the fast loop
 def test_export_killed_between_its_two_renames_keeps_the_old_export(old_ws, tmp_path):
     to = tmp_path / "rel"
     first = run("export", str(old_ws), "--to", str(to), "--format", "jsonl", "--ignore-check", "--allow-no-image")

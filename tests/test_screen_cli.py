@@ -70,6 +70,7 @@ def test_missing_model_path_is_one_line(tmp_path):
     assert "/no/such/model.gguf" in line and "member[1] (m).model" in line
 
 
+@pytest.mark.slow  # several CLI processes, 5-7 s: runs in CI, not in the fast loop
 def test_unreachable_endpoint_is_one_line(tmp_path):
     ws = items_workspace(tmp_path)
     port = free_port()  # nothing listens there

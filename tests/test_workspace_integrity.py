@@ -92,6 +92,7 @@ def test_stale_temporaries_are_removed_by_the_next_run(tmp_path, shared_data):
 
 
 # -- one writer at a time --------------------------------------------------------------------
+@pytest.mark.slow  # several CLI processes, 5-7 s: runs in CI, not in the fast loop
 def test_second_process_stops_with_one_line_or_waits(tmp_path, shared_data):
     ws = Workspace(tmp_path / "ws", create=True)
     with workspace_lock(ws.root, "screen"):
