@@ -58,6 +58,7 @@ import polars as pl
 from curate.errors import UserError
 from curate.groups import ensure_groups, linked_groups, no_image_expr
 from curate.schema import dropped_expr
+from curate.stages import CANDIDATE_STAGES
 from curate.taxonomy import Taxonomy, default_taxonomy
 from curate.workspace import workspace_command
 
@@ -675,7 +676,7 @@ def replace(
 # Workspace level (what `mmcurate balance` and the pipeline call)
 # --------------------------------------------------------------------------------------
 BALANCE_STAGE = "balance"  # the ledger's stage name
-INPUT_STAGES = ("reviewed", "screened", "items")
+INPUT_STAGES = CANDIDATE_STAGES  # curate.stages: reviewed, else screened, else items
 
 
 class BalanceResult(NamedTuple):

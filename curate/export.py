@@ -68,6 +68,7 @@ import polars as pl
 
 from curate.errors import UserError
 from curate.schema import LETTERS, drop_reasons, dropped_expr
+from curate.stages import newest_first
 from curate.taxonomy import Taxonomy, default_taxonomy
 from curate.workspace import workspace_command
 
@@ -858,7 +859,7 @@ def _usage(fmt: str, name: str, split: str, profile: str = "default") -> str:
     return f"## Loading\n\n`{name}.jsonl`: one item per line, images as `data:` URIs; `mmcurate ingest {name}.jsonl` reads it back.\n"
 
 
-EXPORT_STAGES = ("balanced", "reviewed", "screened", "items")
+EXPORT_STAGES = newest_first()  # curate.stages: balanced, reviewed, screened, items
 REPORT_FILES = {"screening": "screen_report.json", "review": "review_report.json"}
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curate.config import suggest
 from curate.errors import UserError
 
 BACKENDS = ("auto", "transformers", "llamacpp", "openai", "scripted")
@@ -154,11 +155,7 @@ class Panel:
 _MEMBER_FIELDS = {f.name: f for f in dataclasses.fields(Member)}
 
 
-def _suggest(word: str, choices) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_suggest = suggest  # one "did you mean" for every config file (curate.config)
 
 
 def _check_type(src: str, where: str, key: str, value: Any, expected: type | tuple) -> None:
