@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from curate.schema import ITEM_SCHEMA, conform
 from curate.workspace import Workspace
