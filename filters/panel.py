@@ -155,7 +155,6 @@ class Panel:
 _MEMBER_FIELDS = {f.name: f for f in dataclasses.fields(Member)}
 
 
-_suggest = suggest  # one "did you mean" for every config file (curate.config)
 
 
 def _check_type(src: str, where: str, key: str, value: Any, expected: type | tuple) -> None:
@@ -185,7 +184,7 @@ _PANEL_TYPES: dict[str, type | tuple] = {
 
 def _choice(src: str, where: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"{src}: {where}.{key} = {value!r} is not one of {list(choices)}{_suggest(value, choices)}")
+        raise UserError(f"{src}: {where}.{key} = {value!r} is not one of {list(choices)}{suggest(value, choices)}")
 
 
 OPENAI_APIS = ("auto", "completions", "chat")
@@ -235,7 +234,7 @@ def _resolve_model(src: str, base: Path, where: str, m: dict[str, Any]) -> None:
 
         key = model[len(PACKAGED_PREFIX):]
         if key not in PACKAGED:
-            raise UserError(f"{src}: {where}.model = {model!r} names no packaged model; known: {[PACKAGED_PREFIX + k for k in PACKAGED]}{_suggest(key, PACKAGED)}")
+            raise UserError(f"{src}: {where}.model = {model!r} names no packaged model; known: {[PACKAGED_PREFIX + k for k in PACKAGED]}{suggest(key, PACKAGED)}")
         return
     path = Path(os.path.expanduser(model))
     if not path.is_absolute():
@@ -254,7 +253,7 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
     unknown_top = set(data) - {"panel", "member", "rules"}
     if unknown_top:
         k = sorted(unknown_top)[0]
-        raise UserError(f"{src}: unknown table [{k}]{_suggest(k, ['panel', 'member', 'rules'])}; a panel file has [panel], [[member]] and [rules] entries")
+        raise UserError(f"{src}: unknown table [{k}]{suggest(k, ['panel', 'member', 'rules'])}; a panel file has [panel], [[member]] and [rules] entries")
     rules = None
     if "rules" in data:
         from filters.rules import RuleConfig
@@ -263,7 +262,7 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
     head = dict(data.get("panel", {}))
     for key, value in head.items():
         if key not in _PANEL_TYPES:
-            raise UserError(f"{src}: unknown field panel.{key}{_suggest(key, _PANEL_TYPES)}")
+            raise UserError(f"{src}: unknown field panel.{key}{suggest(key, _PANEL_TYPES)}")
         _check_type(src, "panel", key, value, _PANEL_TYPES[key])
     if "max_hits" in head and "max_hit_fraction" in head:
         raise UserError(f"{src}: panel sets both max_hits and max_hit_fraction; keep one of them")
@@ -275,7 +274,7 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
         raise UserError(f"{src}: panel.max_hits = {head['max_hits']} must be >= 0")
     rotations = head.get("rotations", ADAPTIVE)
     if isinstance(rotations, str) and rotations != ADAPTIVE:
-        raise UserError(f"{src}: panel.rotations = {rotations!r} must be an int >= 1 or \"{ADAPTIVE}\"{_suggest(rotations, [ADAPTIVE])}")
+        raise UserError(f"{src}: panel.rotations = {rotations!r} must be an int >= 1 or \"{ADAPTIVE}\"{suggest(rotations, [ADAPTIVE])}")
     if isinstance(rotations, int) and rotations < 1:
         raise UserError(f"{src}: panel.rotations = {rotations} must be >= 1 (1 means no rotation) or \"{ADAPTIVE}\"")
     if not 0.0 <= head.get("margin", 0.1) < 1.0:
@@ -298,7 +297,7 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
             m["model"] = json.dumps(m["model"], sort_keys=True, separators=(",", ":"))
         for key, value in m.items():
             if key not in _MEMBER_FIELDS:
-                raise UserError(f"{src}: unknown field {where}.{key}{_suggest(key, _MEMBER_TYPES)}")
+                raise UserError(f"{src}: unknown field {where}.{key}{suggest(key, _MEMBER_TYPES)}")
             _check_type(src, where, key, value, _MEMBER_TYPES[key])
         if not m.get("name"):
             raise UserError(f"{src}: {where} has no name; add name = \"...\" (it names the columns answer__<name>, ...)")
