@@ -89,7 +89,7 @@ def _endpoint_panel(base_url: str, served_model: str, concurrency: int, control_
 
 def _from_summary(path: Path) -> None:
     """Print the rate and projections of a finished audit (e.g. the whole of SEED-Bench, hours long)."""
-    from curate.audit import projection, projection_line, throughput_line
+    from curate.throughput import projection, projection_line, throughput_line
 
     summary = json.loads(path.read_text())
     members = summary.get("members", {})
@@ -111,7 +111,7 @@ def _from_summary(path: Path) -> None:
 
 
 def _projection_figures(proj: dict) -> dict:
-    """The JSON keys both modes print (MMStar's scale, ``curate.audit.MMSTAR_POOL``)."""
+    """The JSON keys both modes print (MMStar's scale, ``curate.throughput.MMSTAR_POOL``)."""
     out = {"projected_hours_22401x8_sequential": round(proj["hours_in_turn"], 2),
            "projected_hours_22401x8_8_parallel_endpoints": round(proj["hours_parallel"], 2)}
     if proj.get("hours_this_panel") is not None and proj.get("panel_members"):
@@ -139,9 +139,11 @@ def main() -> None:
         _from_summary(args.from_summary)
         return
 
-    from curate.audit import audit_table, headline, projection, projection_line, resolve_panel, summarize
+    from curate.audit import audit_table, resolve_panel
+    from curate.audit_summary import headline, summarize
     from curate.ingest import ingest
     from curate.report import write_report
+    from curate.throughput import projection, projection_line
 
     report = args.report or Path(tempfile.mkdtemp(prefix="mmcurate-bench-audit-"))
     report.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from filters.cache import user_cache_path  # noqa: E402
 from filters.calibrate import calibrate_panel, vision_controls  # noqa: E402
-from filters.competence import control_items, wilson_interval  # noqa: E402
+from curate.stats import wilson_interval  # noqa: E402
+from filters.competence import control_items  # noqa: E402
 from filters.panel import load_panel  # noqa: E402
 
 

@@ -26,14 +26,9 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curate.item_stats import (
-    correct_matrix,
-    keep_ranking_subset,
-    model_names,
-    random_subset,
-    ranking_agreement,
-)
-from curate.metrics import read_predictions, score
+from curate.item_stats import correct_matrix, model_names
+from curate.results import read_predictions, score
+from curate.subsets import keep_ranking_subset, random_subset, ranking_agreement
 
 SHARED = REPO.parent / "shared" / "data"
 SETS = {

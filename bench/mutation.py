@@ -3,6 +3,8 @@
     python bench/mutation.py                           # every decision module (slow: hours on 2 cores)
     python bench/mutation.py curate/normalize.py       # one module
     python bench/mutation.py curate/normalize.py --tests tests/test_ingest.py --max-children 2 --show 20
+    # on a loaded machine: only some functions' mutants, and only the tests that pin them
+    python bench/mutation.py filters/screen.py -k "poisson or ledger_reason" --mutants 'filters.screen.x__above__*'
 
 mutmut 3 mutates one function at a time (operators, constants, comparisons, arguments, ...)
 and runs the fast tests that execute that function (it records which ones in a first run
@@ -36,8 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 DECISION_MODULES: dict[str, tuple[str, ...]] = {
     "curate/normalize.py": ("tests/test_ingest.py", "tests/test_mmstar_forms.py", "tests/test_hostile_inputs.py",
                             "tests/test_roundtrip.py", "tests/test_invariants.py"),
-    "filters/scoring.py": ("tests/test_screen_units.py", "tests/test_screen_panel.py"),
-    "filters/competence.py": ("tests/test_screen_units.py", "tests/test_screen_panel.py"),
+    # the screen's decisions (hits, rotations, chance correction, thresholds, ledger) are driven end to end by
+    # the scripted backend in test_screen_decisions.py: fast, and every expected value worked out by hand
+    "filters/scoring.py": ("tests/test_screen_units.py", "tests/test_screen_panel.py", "tests/test_screen_decisions.py"),
+    "filters/competence.py": ("tests/test_screen_units.py", "tests/test_screen_panel.py", "tests/test_screen_decisions.py"),
+    "filters/screen.py": ("tests/test_screen_decisions.py", "tests/test_screen_units.py"),
     "curate/balance.py": ("tests/test_balance.py", "tests/test_invariants.py"),
     "curate/export.py": ("tests/test_export.py", "tests/test_export_profiles.py", "tests/test_roundtrip.py"),
     "curate/metrics.py": ("tests/test_metrics.py",),
@@ -49,6 +54,10 @@ ALSO_COPY = ("annotation", "data", "bench", "scripts")
 EQUIVALENT: dict[str, str] = {
     "curate.normalize.x__settle_options__mutmut_7": "LETTERS.index -> rindex: LETTERS has no repeated letter",
     "curate.normalize.x__settle_options__mutmut_26": "last < key_pos -> <=: when equal, `last = key_pos` changes nothing",
+    "filters.competence.x_summarise__mutmut_18": "`if n` -> `if n or True`: one response per item, so n == 0 means no "
+                                                 "responses and the comprehension is empty either way",
+    "filters.competence.x_accepted__mutmut_8": "LETTERS.index -> rindex: LETTERS has no repeated letter",
+    "filters.competence.x_is_hit__mutmut_15": "LETTERS.index -> rindex: LETTERS has no repeated letter",
 }
 _STATUS = re.compile(r"^\s*(?P<name>[\w.]+__mutmut_\d+):\s*(?P<status>[\w ]+?)\s*$")
 

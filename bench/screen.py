@@ -105,7 +105,7 @@ def seed_items(n: int):
 
 
 def _rate(k: int, n: int) -> str:
-    from filters.competence import wilson_interval
+    from curate.stats import wilson_interval
 
     lo, hi = wilson_interval(k, n)
     return f"{k}/{n} = {k / n if n else 0:.1%} [95% CI {lo:.1%}, {hi:.1%}]"

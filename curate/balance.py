@@ -23,7 +23,7 @@ then -- when item-stats added a ``discriminability`` column and ``prefer_discrim
 only decides *which* items of a cell fill the count the program chose for it, so it can never
 cost a capability, dimension, source or difficulty quota. With ``keep_ranking`` (a per-item,
 per-model "solved" matrix, ``curate.item_stats.correct_matrix``) the items of each cell are chosen
-instead by ``curate.item_stats.keep_ranking_subset`` with the program's cell counts as exact
+instead by ``curate.subsets.keep_ranking_subset`` with the program's cell counts as exact
 quotas, so the subset ranks the models like the full set does -- again without touching a quota.
 
 Priority among an item's dimension columns: ``l2_category`` (MMStar strings, when set and
@@ -391,7 +391,7 @@ def _ranking_picker(correct: pl.DataFrame, seed: int) -> Picker:
     The full set is every row of ``correct``; candidates no model has a result for get null rows
     (they carry no ranking information and are taken only to fill a count).
     """
-    from curate.item_stats import keep_ranking_subset
+    from curate.subsets import keep_ranking_subset
 
     models = [c for c, t in correct.schema.items() if t == pl.Boolean]
     if not models:
@@ -750,7 +750,7 @@ def ranking_report(correct: pl.DataFrame, selected: list[str], baseline: list[st
     """Kendall's tau between the models' accuracies on ``correct`` (the full set) and on ``selected``,
     per-model accuracy differences (subset - full), and the same for ``baseline`` (the same quotas
     filled in the plain within-cell order, i.e. without ``--keep-ranking``) so the gain is visible."""
-    from curate.item_stats import ranking_agreement
+    from curate.subsets import ranking_agreement
 
     out = dict(ranking_agreement(correct, selected))
     out["full_set"] = correct.height

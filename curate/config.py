@@ -22,28 +22,52 @@ from curate.errors import UserError
 @dataclass(frozen=True)
 class Param:
     """What one key accepts. ``types``: Python types (``float`` also takes an int, never a bool);
-    ``choices``: the allowed values; ``low``/``high``: inclusive bounds for numbers; ``each``: the
-    element type of a list."""
+    ``choices``: the allowed values; ``low``/``high``: bounds for numbers, inclusive unless
+    ``open_low``/``open_high``; ``each``: the element type of a list; ``items``: the values a list may
+    hold, ``min_items`` how many it needs at least; ``also``: literal values accepted besides the typed
+    ones (``rotations``: an integer or ``"adaptive"``); ``hint``: appended to the description (an
+    example, or what a special value means).
+
+    One spec type for the three config files (pipeline, panel, rules) is what makes their messages
+    one shape: ``FILE: PARAM = VALUE is invalid; it must be WHAT (did you mean 'X'?)``."""
 
     types: tuple[type, ...]
     choices: tuple[Any, ...] | None = None
     low: float | None = None
     high: float | None = None
     each: type | None = None
+    open_low: bool = False
+    open_high: bool = False
+    items: tuple[Any, ...] | None = None
+    min_items: int = 0
+    also: tuple[Any, ...] = ()
+    hint: str = ""
 
     def describe(self) -> str:
         if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return "one of " + ", ".join(repr(c) for c in self.choices) + self.hint
+        if self.items is not None:
+            size = "non-empty " if self.min_items else ""
+            return f"a {size}list of values from " + ", ".join(repr(c) for c in self.items) + self.hint
         names = " or ".join(_type_name(t, self.each) for t in self.types)
         bounds = ""
         if self.low is not None and self.high is not None:
-            bounds = f" in [{self.low}, {self.high}]"
+            bounds = f" in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
         elif self.low is not None:
-            bounds = f" >= {self.low}"
+            bounds = f" {'>' if self.open_low else '>='} {self.low}"
         elif self.high is not None:
-            bounds = f" <= {self.high}"
+            bounds = f" {'<' if self.open_high else '<='} {self.high}"
         article = "an" if names[:1] in "aeiou" else "a"
-        return f"{article} {names}{bounds}"
+        extra = "".join(f" or {a!r}" for a in self.also)
+        return f"{article} {names}{bounds}{extra}{self.hint}"
+
+    def in_range(self, value: float) -> bool:
+        """Whether a number lies within ``low``/``high`` (with their openness)."""
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.open_high else value > self.high):
+            return False
+        return True
 
 
 def _type_name(t: type, each: type | None) -> str:
@@ -72,15 +96,35 @@ def _accepts(param: Param, value: Any) -> bool:
     return False
 
 
+def _is_also(param: Param, value: Any) -> bool:
+    return any(type(value) is type(a) and value == a for a in param.also)
+
+
+def invalid(src: str, name: str, value: Any, fix: str) -> UserError:
+    """The one message shape for a bad value, for checks a :class:`Param` cannot express (a value that
+    depends on another key): ``FILE: PARAM = VALUE is invalid; FIX``. Returned, for the caller to raise."""
+    return UserError(f"{src}: {name} = {value!r} is invalid; {fix}")
+
+
 def check_value(src: str, where: str, key: str, value: Any, param: Param) -> Any:
     """``value`` if ``param`` accepts it; else a ``UserError`` naming file, parameter, value and fix."""
     name = f"{where}.{key}" if where else key
+    if _is_also(param, value):
+        return value
     if not _accepts(param, value) or (param.choices is not None and value not in param.choices):
-        hint = suggest(value, param.choices) if param.choices is not None and isinstance(value, str) else ""
-        raise UserError(f"{src}: {name} = {value!r} is invalid; it must be {param.describe()}{hint}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
-            raise UserError(f"{src}: {name} = {value!r} is out of range; it must be {param.describe()}")
+        hint = ""
+        if isinstance(value, str) and (param.choices is not None or param.also):
+            hint = suggest(value, param.choices if param.choices is not None else param.also)
+        raise invalid(src, name, value, f"it must be {param.describe()}{hint}")
+    if isinstance(value, list) and param.items is not None:
+        bad = [v for v in value if v not in param.items]
+        if bad:
+            raise invalid(src, name, value, f"it must be {param.describe()}; {bad[0]!r} is not one of them"
+                                            f"{suggest(bad[0], param.items)}")
+    if isinstance(value, list) and len(value) < param.min_items:
+        raise invalid(src, name, value, f"it must be {param.describe()}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not param.in_range(value):
+        raise UserError(f"{src}: {name} = {value!r} is out of range; it must be {param.describe()}")
     return value
 
 
@@ -89,7 +133,8 @@ def check_table(src: str, where: str, table: dict[str, Any], spec: dict[str, Par
     bad values are errors; returns the table unchanged."""
     for key, value in table.items():
         if key not in spec:
-            section = f" in [{where}]" if where else ""
+            # A TOML section prints as [name]; an entry of an array of tables as it is ("member[2] (qwen)").
+            section = (f" in [{where}]" if where.isidentifier() else f" in {where}") if where else ""
             raise UserError(f"{src}: unknown key {key!r}{section}{suggest(key, spec)}; valid keys: {', '.join(spec)}")
         check_value(src, where, key, value, spec[key])
     return table

@@ -1,10 +1,10 @@
-"""Item quality from model results: solver counts, discriminability, suspect keys, compact subsets.
+"""Item quality from model results: solver counts, discriminability, suspect keys.
 
 Blind-answerable questions are one failure of a benchmark; wrong keys and items that do not
 separate good models from bad ones are the others (DatBench, arXiv 2601.02316; MMStar's reviewers
 checked keys by hand). Given the result files of several vision models (VLMEvalKit ``.xlsx``/``.tsv``,
-read and matched by :mod:`curate.metrics`, the same readers and answer matchers as ``mmcurate
-metrics`` / ``difficulty``), this module computes per item:
+read, matched to items and scored by :mod:`curate.results`, the same readers, key matching and
+answer matchers as ``mmcurate metrics`` / ``difficulty``), this module computes per item:
 
 * ``n_models`` -- models with a result for the item; ``n_solvers`` -- those whose extracted answer
   is the item's key (the workspace's key: the one being judged).
@@ -44,16 +44,8 @@ make the same mistakes, so on MMStar these 3 models flag 423 of 1,500 items, 28 
 README): with few models the flag is a review queue, not a verdict. With MMStar's 16 models the
 same defaults ask for a weighted majority including the 6 best.
 
-Keep-ranking subsets
---------------------
-:func:`keep_ranking_subset` picks ``n`` items whose per-model accuracies match the full set's (so the
-ranking is kept): stratified sampling over cells of stratum x solve pattern (which models solved the
-item), discriminative items first within a cell, then improving swaps until the summed absolute
-accuracy deviation ``sum_m |sum_i x_i (c_im - a_m r_im)|`` (``c`` solved, ``r`` has a result; in
-items) stops falling. Why not only optimise the fitted models' accuracies: any subset can be tuned
-to the models it was chosen with; keeping the full set's mix of solve patterns is what keeps a model
-that was *not* used close as well (``bench/item_stats.py`` measures both). :func:`kendall_tau` (scipy's tau-b) and
-:func:`ranking_agreement` report how the subset's ranking and accuracies compare with the full set.
+Keep-ranking subsets (``keep_ranking_subset``, ``ranking_agreement``, ``random_subset``) live in
+:mod:`curate.subsets`.
 """
 
 from __future__ import annotations
@@ -61,21 +53,23 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from curate.correlation import point_biserial
+from curate.difficulty import DIFFICULTY_COLUMNS, difficulty_bin
 from curate.errors import UserError
-from curate.metrics import (
-    DIFFICULTY_COLUMNS,
-    Predictions,
-    difficulty_bin,
-    read_predictions,
-    score,
-)
+from curate.results import Predictions, match_items, read_predictions, score
+
+__all__ = [
+    "ITEM_STATS_FILE", "N_SUSPECT_LISTED", "STAGE_COLUMNS", "SuspectRule", "answers_table", "audit_item_stats", "compute",
+    "correct_matrix", "correct_matrix_from_files", "item_stats", "join_stats", "judge_item", "model_accuracy",
+    "model_answers_json", "model_names", "summarize", "write_item_stats",
+]
 
 ITEM_STATS_FILE = "item_stats.parquet"
 #: Columns joined into the stage file (the contract of issue #18 plus three extensions).
@@ -119,26 +113,13 @@ def model_names(paths: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def _key_column(items: pl.DataFrame, keys: pl.Series) -> str:
-    """``item_id`` when result keys name item ids, else ``orig_index`` -- the rule of ``difficulty``
-    (``curate.metrics.add_difficulty``), with its check that source indices are unambiguous."""
-    if keys.is_in(items["item_id"].implode()).any():
-        return "item_id"
-    dup = items.filter(pl.col("orig_index").is_duplicated() & pl.col("orig_index").is_in(keys.implode()))
-    if dup.height:
-        raise UserError(
-            f"result keys are source indices, but index {dup['orig_index'][0]!r} occurs in several sources of the workspace; "
-            "use results keyed by item_id or --source NAME"
-        )
-    return "orig_index"
-
-
 def answers_table(runs: Sequence[Predictions], items: pl.DataFrame | None = None, *, names: Sequence[str] | None = None,
                   matcher: str = "mmstar", source: str | None = None) -> pl.DataFrame:
     """Long table ``item_id, model, extracted, key, hit``: one row per model and item it answered.
 
-    Answers are extracted by :func:`curate.metrics.score`. With ``items`` (a stage table) result
-    rows are matched to ``item_id`` the way ``difficulty`` does and judged against the items' key;
+    Answers are extracted by :func:`curate.results.score`. With ``items`` (a stage table) result
+    rows are matched to ``item_id`` by :func:`curate.results.match_items` (as ``difficulty`` and
+    ``metrics --items`` match them) and judged against the items' key;
     rows naming no item are dropped with a warning. Without ``items`` the file's key and index are used.
     """
     if not runs:
@@ -153,9 +134,8 @@ def answers_table(runs: Sequence[Predictions], items: pl.DataFrame | None = None
     ref = items if source is None else items.filter(pl.col("source") == source)
     if source is not None and ref.is_empty():
         raise UserError(f"--source {source!r}: no such source in the workspace (sources: {sorted(set(items['source'].to_list()))})")
-    on = _key_column(ref, long["key"])
-    ref = ref.select(pl.col(on).cast(pl.String).alias("key"), "item_id", pl.col("answer").alias("item_key"))
-    joined = long.join(ref, on="key", how="left")
+    item_keys = ref.select("item_id", pl.col("answer").alias("item_key"))
+    joined = long.join(match_items(long["key"], ref), on="key", how="left").join(item_keys, on="item_id", how="left")
     unknown = joined.filter(pl.col("item_id").is_null())
     if unknown.height == joined.height:
         raise UserError(f"no result key (e.g. {long['key'][0]!r}) matches an item_id or orig_index in the workspace")
@@ -185,7 +165,7 @@ def correct_matrix(runs: Sequence[Predictions], items: pl.DataFrame | None = Non
 
 def correct_matrix_from_files(paths: Sequence[str | Path], items: pl.DataFrame | None = None, *, matcher: str = "mmstar",
                               source: str | None = None) -> pl.DataFrame:
-    """:func:`correct_matrix` of result files read with :func:`curate.metrics.read_predictions`."""
+    """:func:`correct_matrix` of result files read with :func:`curate.results.read_predictions`."""
     return correct_matrix([read_predictions(p) for p in paths], items, names=model_names(paths), matcher=matcher, source=source)
 
 
@@ -196,21 +176,6 @@ def model_accuracy(long: pl.DataFrame) -> dict[str, float]:
     """Accuracy (0-1) per model over the items it answered, from :func:`answers_table`."""
     acc = long.group_by("model").agg(pl.col("hit").mean().alias("acc"))
     return {m: float(a) for m, a in acc.iter_rows()}
-
-
-def point_biserial(solved: Sequence[bool], ability: Sequence[float]) -> float | None:
-    """Pearson's r between 0/1 ``solved`` and ``ability``; None with < 3 models or no variance.
-
-    >>> round(point_biserial([True, True, False, False], [0.9, 0.8, 0.5, 0.4]), 3)
-    0.97
-    >>> point_biserial([True, True, True], [0.9, 0.5, 0.4]) is None
-    True
-    """
-    x = np.asarray(solved, dtype=float)
-    y = np.asarray(ability, dtype=float)
-    if x.size < 3 or x.std() == 0 or y.std() == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def _plural(n: int, word: str) -> str:
@@ -323,232 +288,6 @@ def join_stats(table: pl.DataFrame, stats: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# ----------------------------------------------------------------------------------------
-# keep-ranking subsets
-# ----------------------------------------------------------------------------------------
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's tau-b between two score lists (ties handled as scipy's ``kendalltau`` does);
-    None when undefined (< 2 values, or either list constant). O(n^2): n is a number of models,
-    and importing scipy.stats costs seconds.
-
-    >>> kendall_tau([1, 2, 3], [1, 3, 2])
-    0.3333333333333333
-    """
-    n = len(x)
-    if n != len(y):
-        raise ValueError("kendall_tau: lists of different lengths")
-    conc = disc = tie_x = tie_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tie_x += 1
-            elif dy == 0:
-                tie_y += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + tie_x) * (conc + disc + tie_y))
-    return None if denom == 0 or n < 2 else (conc - disc) / denom
-
-
-def _model_columns(correct: pl.DataFrame, models: Sequence[str] | None) -> list[str]:
-    cols = list(models) if models is not None else [c for c, t in correct.schema.items() if t == pl.Boolean]
-    if not cols:
-        raise UserError("no model columns (Boolean) in the correct matrix")
-    return cols
-
-
-def _accuracies(correct: pl.DataFrame, models: Sequence[str]) -> dict[str, float | None]:
-    row = correct.select([pl.col(m).cast(pl.Float64).mean().alias(m) for m in models]).row(0, named=True)
-    return {m: (None if v is None else float(v)) for m, v in row.items()}
-
-
-def ranking_agreement(correct: pl.DataFrame, item_ids: Iterable[str], models: Sequence[str] | None = None) -> dict:
-    """Kendall's tau between model accuracies on ``correct`` and on the subset, and per-model differences."""
-    models = _model_columns(correct, models)
-    ids = pl.Series(list(item_ids), dtype=pl.String)
-    full = _accuracies(correct, models)
-    sub = _accuracies(correct.filter(pl.col("item_id").is_in(ids.implode())), models)
-    diff = {m: (None if full[m] is None or sub[m] is None else round(sub[m] - full[m], 6)) for m in models}
-    known = [m for m in models if diff[m] is not None]
-    return {
-        "n": int(ids.n_unique()),
-        "of": correct.height,
-        "tau": kendall_tau([full[m] for m in known], [sub[m] for m in known]),
-        "accuracy_full": {m: full[m] for m in models},
-        "accuracy_subset": {m: sub[m] for m in models},
-        "accuracy_diff": diff,
-        "max_abs_diff": max((abs(diff[m]) for m in known), default=None),
-    }
-
-
-@dataclass
-class KeepRanking:
-    """A keep-ranking subset and how its model ranking compares with the full set's."""
-
-    item_ids: list[str]
-    tau: float | None
-    accuracy_full: dict[str, float | None]
-    accuracy_subset: dict[str, float | None]
-    accuracy_diff: dict[str, float | None]
-    max_abs_diff: float | None
-    method: str = "stratified"
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"n": len(self.item_ids), "tau": self.tau, "accuracy_full": self.accuracy_full,
-                "accuracy_subset": self.accuracy_subset, "accuracy_diff": self.accuracy_diff,
-                "max_abs_diff": self.max_abs_diff, "method": self.method, **self.extra}
-
-
-def _quotas(strata: list, n: int, quotas: dict[str, int] | None) -> dict:
-    """Items per stratum: the given quotas, else proportional to stratum sizes (largest remainder)."""
-    sizes: dict = {}
-    for s in strata:
-        sizes[s] = sizes.get(s, 0) + 1
-    if quotas is not None:
-        bad = {s: q for s, q in quotas.items() if q > sizes.get(s, 0)}
-        if bad:
-            s, q = next(iter(bad.items()))
-            raise UserError(f"quota {q} for stratum {s!r} exceeds its {sizes.get(s, 0)} candidates")
-        return {s: int(quotas.get(s, 0)) for s in sizes}
-    total = len(strata)
-    exact = {s: n * c / total for s, c in sizes.items()}
-    out = {s: math.floor(v) for s, v in exact.items()}
-    for s in sorted(sizes, key=lambda s: (-(exact[s] - out[s]), str(s)))[: n - sum(out.values())]:
-        out[s] += 1
-    return out
-
-
-#: Up to this many models, cells are the exact solve pattern (which models solved the item);
-#: beyond it (3^7 = 2,187 possible patterns would leave cells of one item) the number of solvers.
-MAX_PATTERN_MODELS = 6
-
-
-def _largest_remainder(sizes: dict, n: int) -> dict:
-    total = sum(sizes.values())
-    if total == 0:
-        return {k: 0 for k in sizes}
-    exact = {k: n * v / total for k, v in sizes.items()}
-    out = {k: math.floor(v) for k, v in exact.items()}
-    for k in sorted(sizes, key=lambda k: (-(exact[k] - out[k]), str(k)))[: n - sum(out.values())]:
-        out[k] += 1
-    return out
-
-
-def keep_ranking_subset(correct: pl.DataFrame, n: int, *, models: Sequence[str] | None = None, strata: str | None = None,
-                        quotas: dict[str, int] | None = None, candidates: Iterable[str] | None = None, seed: int = 0,
-                        prefer: str = "discriminability") -> KeepRanking:
-    """Choose ``n`` items whose model ranking and per-model accuracies match the full ``correct`` table.
-
-    ``correct``: ``item_id`` + Boolean model columns (:func:`correct_matrix`; null = no result),
-    optionally a stratum column named by ``strata`` (quotas per value: ``quotas``, else proportional).
-    The full-set accuracies are over all rows of ``correct``; the choice is restricted to ``candidates``.
-
-    How (stratified sampling on the models' own evidence, then exact matching):
-
-    1. every item falls in a cell: its stratum x its *solve pattern* (which of the models solved it;
-       with more than :data:`MAX_PATTERN_MODELS` models, how many did);
-    2. each stratum's quota is shared over its cells in proportion to their sizes (largest
-       remainder), so the subset has the full set's mix of easy, hard and discriminating items --
-       which is what keeps the accuracy of a model *not* among ``models`` close too;
-    3. within a cell, items are taken by ``prefer``: ``"discriminability"`` (point-biserial over the
-       models, highest first; ties and everything else seeded-random) or ``"random"``;
-    4. swaps within a stratum (one chosen item out, one other in, between cells) are made while they
-       reduce the summed absolute accuracy deviation over the models (in items), so rounding in
-       step 2 and coarse cells in step 1 cost at most about one item per model.
-    """
-    if prefer not in ("discriminability", "random"):
-        raise UserError(f"prefer={prefer!r}: use 'discriminability' or 'random'")
-    models = _model_columns(correct, models)
-    pool = correct if candidates is None else correct.filter(pl.col("item_id").is_in(pl.Series(list(candidates), dtype=pl.String).implode()))
-    if not 0 < n <= pool.height:
-        raise UserError(f"keep-ranking: asked for {n} items of {pool.height} candidates")
-    full = _accuracies(correct, models)
-    c = pool.select([pl.col(m).cast(pl.Float64).fill_null(0.0) for m in models]).to_numpy()
-    r = pool.select([pl.col(m).is_not_null().cast(pl.Float64) for m in models]).to_numpy()
-    a = np.array([full[m] or 0.0 for m in models])
-    dev = c - r * a  # per item and model: its share of (hits - a_m * answered)
-    state = (c + r).astype(int)  # 0 no result, 1 wrong, 2 solved
-    if len(models) <= MAX_PATTERN_MODELS:
-        pattern = ["".join("-xo"[v] for v in row) for row in state]
-    else:
-        pattern = [f"{int((row == 2).sum())} solvers" for row in state]
-    rng = np.random.default_rng(seed)
-    jitter = rng.random(pool.height)
-    if prefer == "discriminability":
-        disc = np.array([point_biserial(c[i][r[i] > 0] > 0, a[r[i] > 0]) for i in range(pool.height)], dtype=object)
-        score_ = np.array([(d if d is not None else -2.0) for d in disc], dtype=float) + 1e-6 * jitter
-    else:
-        score_ = jitter
-    labels = pool[strata].cast(pl.String).fill_null("(none)").to_list() if strata else ["all"] * pool.height
-    sizes: dict = {}
-    for s in labels:
-        sizes[s] = sizes.get(s, 0) + 1
-    want = _quotas(labels, n, quotas) if strata else {"all": n}
-    if sum(want.values()) != n:
-        raise UserError(f"keep-ranking: quotas sum to {sum(want.values())}, not n = {n}")
-    chosen = np.zeros(pool.height, dtype=bool)
-    cells: dict = {}
-    for i, (s, p) in enumerate(zip(labels, pattern)):
-        cells.setdefault(s, {}).setdefault(p, []).append(i)
-    for s, by_pattern in cells.items():
-        for p in by_pattern:
-            by_pattern[p].sort(key=lambda i: -score_[i])  # best first
-        alloc = _largest_remainder({p: len(v) for p, v in by_pattern.items()}, want.get(s, 0))
-        for p, k in alloc.items():
-            chosen[by_pattern[p][:k]] = True
-    swaps = _match_accuracies(chosen, dev, cells, score_)
-    ids = pool["item_id"].filter(pl.Series(chosen)).to_list()
-    agree = ranking_agreement(correct, ids, models)
-    D = dev[chosen].sum(axis=0)
-    return KeepRanking(ids, agree["tau"], agree["accuracy_full"], agree["accuracy_subset"], agree["accuracy_diff"],
-                       agree["max_abs_diff"], f"stratified by {strata or 'nothing'} x solve pattern, {prefer} first",
-                       {"cells": sum(len(v) for v in cells.values()), "swaps": swaps, "deviation_items": round(float(np.abs(D).sum()), 4)})
-
-
-def _match_accuracies(chosen: np.ndarray, dev: np.ndarray, cells: dict, score_: np.ndarray, max_swaps: int = 100_000) -> int:
-    """Step 4 of :func:`keep_ranking_subset`: improving swaps within strata; returns how many were made.
-
-    Items of one cell share their ``dev`` row (it depends on the solve pattern only, when cells
-    are exact patterns), so a swap is chosen between cells: out goes the chosen item of cell P
-    with the lowest score, in comes the unchosen item of cell Q with the highest."""
-    D = dev[chosen].sum(axis=0)
-    swaps = 0
-    while swaps < max_swaps:
-        best = (np.abs(D).sum() - 1e-9, None)
-        for by_pattern in cells.values():
-            outs = {p: [i for i in v if chosen[i]] for p, v in by_pattern.items()}
-            ins = {p: [i for i in v if not chosen[i]] for p, v in by_pattern.items()}
-            for p, out_items in outs.items():
-                if not out_items:
-                    continue
-                i = min(out_items, key=lambda k: score_[k])
-                for q, in_items in ins.items():
-                    if q == p or not in_items:
-                        continue
-                    j = max(in_items, key=lambda k: score_[k])
-                    cost = np.abs(D - dev[i] + dev[j]).sum()
-                    if cost < best[0]:
-                        best = (cost, (i, j))
-        if best[1] is None:
-            return swaps
-        i, j = best[1]
-        chosen[i], chosen[j] = False, True
-        D = D - dev[i] + dev[j]
-        swaps += 1
-    return swaps
-
-
-def random_subset(correct: pl.DataFrame, n: int, *, seed: int = 0) -> list[str]:
-    """A uniformly random subset of ``n`` item ids (the baseline keep-ranking is compared with)."""
-    return correct["item_id"].sample(n, seed=seed, shuffle=True).to_list()
-
-
 def model_answers_json(row_answers: list[dict]) -> str:
     """``{model: letter}`` of one item's ``model_answers`` as compact JSON (for reports)."""
     return json.dumps({a["model"]: a["answer"] for a in row_answers}, ensure_ascii=False)
@@ -562,14 +301,14 @@ def _write_item_stats(workdir: str | Path, runs: Sequence[Predictions], *, names
     from curate.workspace import Workspace
 
     ws = Workspace(workdir)
-    stage = ws.newest()
-    table = ws.read(stage)
+    base = ws.annotation_base("item_stats")  # read once: annotate joins into this same table
+    table = base[1]
     stats, summary = compute(runs, table, names=names, matcher=matcher, source=source, rule=rule)
     joined = join_stats(table, stats)
     added = [c for c in joined.columns if c not in table.columns or c in (*STAGE_COLUMNS, "difficulty")]
     with ws.transaction() as tx:
         tx.write_parquet(ITEM_STATS_FILE, stats)
-        stage, path = ws.annotate("item_stats", joined.select("item_id", *[c for c in added if c != "item_id"]))
+        stage, path = ws.annotate("item_stats", joined.select("item_id", *[c for c in added if c != "item_id"]), base=base)
     matched = stats.height
     return {"stage": stage, "path": str(path), "item_stats": str(ws.root / ITEM_STATS_FILE), "matched": matched,
             "unmatched": table.height - matched, **summary}

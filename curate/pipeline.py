@@ -3,16 +3,21 @@
 A stage whose output file already exists (and whose inputs are older) is skipped, so
 ``mmcurate run`` after a crash or a Ctrl-C continues where it stopped; the model screening
 stage resumes inside itself through its SQLite answer cache.
+
+The pipeline prints nothing: :func:`pipeline_steps` yields what happened, stage by stage, as it
+happens (a stage's start before it runs, its result after), and the caller shows it -- ``mmcurate run``
+and ``mmcurate demo`` print tables (``curate/cli/pipeline.py``); a script can keep the results.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
-from curate.console import log_console
+import polars as pl
 
 from curate.assets import asset_path
 from curate.config import Param, check_table, check_value, read_toml, suggest
@@ -112,14 +117,67 @@ def demo_config(workdir: Path, *, panel: Path | None = None) -> PipelineConfig:
     )
 
 
+@dataclass(frozen=True)
+class StageStarted:
+    """Stage ``n`` (1-based) of :data:`STAGES` is about to run (or to find its output up to date)."""
+
+    n: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line of plain text about the run: a skipped stage, what review pushed and pulled."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """``curate.ingest.ingest_to_workspace``'s result (counts per source and the reasons rows were not kept)."""
+
+    result: Any
+
+
+@dataclass(frozen=True)
+class Screened:
+    """``filters.screen.screen_workspace``'s report and the screened table."""
+
+    report: Any
+    table: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class Balanced:
+    """``curate.balance.balance_workspace``'s result for the workspace ``workdir``."""
+
+    result: Any
+    workdir: Path
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The run is over (completed, stopped by ``until`` or waiting for reviewers): the ledger per stage
+    (:func:`ledger_summary`; empty when nothing was recorded)."""
+
+    workdir: Path
+    ledger: pl.DataFrame
+
+
+Event = StageStarted | Note | Ingested | Screened | Balanced | Finished
+
+
 def _fresh(ws, stage: str, upstream: str) -> bool:
     """A stage file counts as done when it exists and is newer than the file it was made from."""
     return ws.has(stage) and (not ws.has(upstream) or ws.path(stage).stat().st_mtime >= ws.path(upstream).stat().st_mtime)
 
 
-def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None = None, console: Console | None = None) -> None:
-    """Run the stages in order; each one is skipped when its output is already up to date."""
-    console = console or log_console()
+def pipeline_steps(cfg: PipelineConfig, *, fresh: bool = False, until: str | None = None) -> Iterator[Event]:
+    """Run the stages in order, each skipped when its output is already up to date, yielding what happens.
+
+    A generator: nothing runs until it is iterated, and each stage runs when the event before it
+    has been consumed (so a caller can show the stage's heading before its progress bars).
+    """
     if until is not None and until not in STAGES:
         raise UserError(f"--until {until!r}: expected one of {', '.join(STAGES)}")
     if fresh and cfg.workdir.exists():
@@ -129,105 +187,97 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     ws = Workspace(cfg.workdir, create=True)
     steps = {"ingest": _ingest, "screen": _screen, "review": _review, "balance": _balance, "export": _export}
     for n, stage in enumerate(STAGES, 1):
-        console.rule(f"[bold]{n}. {stage}")
-        if steps[stage](cfg, ws, console) is False:
+        yield StageStarted(n, stage)
+        if (yield from steps[stage](cfg, ws)) is False:
             break
         if stage == until:
             break
-    _summary(cfg, ws, console)
+    yield Finished(cfg.workdir, ledger_summary(ws.ledger()))
 
 
-def _ingest(cfg: PipelineConfig, ws, console: Console) -> None:
-    from curate.cli_ingest import ingest_tables
+def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None = None) -> list[Event]:
+    """:func:`pipeline_steps` run to the end; its events as a list (for scripts that show nothing)."""
+    return list(pipeline_steps(cfg, fresh=fresh, until=until))
+
+
+def _ingest(cfg: PipelineConfig, ws) -> Iterator[Event]:
     from curate.ingest import ingest_to_workspace
 
     if ws.has("items"):
-        console.print("items.parquet exists: skipped (--fresh starts over)")
+        yield Note("items.parquet exists: skipped (--fresh starts over)")
         return
-    result = ingest_to_workspace(cfg.sources, cfg.workdir, open_to_mcq=cfg.open_to_mcq, seed=cfg.seed)
-    for table in ingest_tables(result):
-        console.print(table)
+    yield Ingested(ingest_to_workspace(cfg.sources, cfg.workdir, open_to_mcq=cfg.open_to_mcq, seed=cfg.seed))
 
 
-def _screen(cfg: PipelineConfig, ws, console: Console) -> None:
-    from filters.cli import print_summary
+def _screen(cfg: PipelineConfig, ws) -> Iterator[Event]:
     from filters.screen import screen_workspace
 
     if _fresh(ws, "screened", "items"):
-        console.print("screened.parquet is up to date: skipped")
+        yield Note("screened.parquet is up to date: skipped")
         return
     df, report = screen_workspace(cfg.workdir, cfg.panel, limit=cfg.screen_limit)
-    print_summary(report, df, console=console)
+    yield Screened(report, df)
 
 
-def _review(cfg: PipelineConfig, ws, console: Console) -> bool | None:
-    """Push survivors and pull verdicts when a Label Studio server is configured or running."""
+def _review(cfg: PipelineConfig, ws) -> Iterator[Event]:
+    """Push survivors and pull verdicts when a Label Studio server is configured or running; returns False
+    (the run stops) while items wait for reviewers."""
     from annotation.server import recorded_url
 
     url = cfg.review_url or recorded_url(cfg.workdir)
     if url is None:
         note = "reviewed.parquet from an earlier pull is used" if ws.has("reviewed") else "balance uses the screened items"
-        console.print(
-            "no Label Studio server configured ([review] url) or running (`mmcurate review serve`): "
-            f"human review skipped; {note}", highlight=False, markup=False,
-        )
+        yield Note("no Label Studio server configured ([review] url) or running (`mmcurate review serve`): "
+                   f"human review skipped; {note}")
         return None
     from annotation.client import connect, push_workspace
     from annotation.verdicts import pull
 
     client = connect(cfg.workdir, url)
     pushed = push_workspace(cfg.workdir, client, cfg.review_project, reviewers=cfg.min_reviewers)
-    console.print(f"pushed to {url}: {pushed.pushed} new tasks, {pushed.already} already there", highlight=False)
+    yield Note(f"pushed to {url}: {pushed.pushed} new tasks, {pushed.already} already there")
     result = pull(cfg.workdir, client, cfg.review_project, min_reviewers=cfg.min_reviewers)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
-    console.print(f"pulled verdicts -> reviewed.parquet: {counts}", highlight=False)
+    yield Note(f"pulled verdicts -> reviewed.parquet: {counts}")
     waiting = result.counts.get("quarantined", 0)  # awaiting review, incomplete verdicts, not pushed
     if waiting:
-        console.print(
-            f"{waiting} items have no complete verdict yet (fewer than {cfg.min_reviewers} reviewers): the pipeline "
-            "stops here; run it again when the reviewers are done", highlight=False,
-        )
+        yield Note(f"{waiting} items have no complete verdict yet (fewer than {cfg.min_reviewers} reviewers): the pipeline "
+                   "stops here; run it again when the reviewers are done")
         return False
     return None
 
 
-def _balance(cfg: PipelineConfig, ws, console: Console) -> None:
+def _balance(cfg: PipelineConfig, ws) -> Iterator[Event]:
     from curate.balance import balance_workspace
-    from curate.cli_build import print_balance
 
     upstream = ws.newest()
     if _fresh(ws, "balanced", upstream):
-        console.print("balanced.parquet is up to date: skipped")
+        yield Note("balanced.parquet is up to date: skipped")
         return
-    res = balance_workspace(cfg.workdir, total=cfg.total, seed=cfg.seed, strict=cfg.strict)
-    print_balance(res, cfg.workdir, console)
+    yield Balanced(balance_workspace(cfg.workdir, total=cfg.total, seed=cfg.seed, strict=cfg.strict), cfg.workdir)
 
 
-def _export(cfg: PipelineConfig, ws, console: Console) -> None:
+def _export(cfg: PipelineConfig, ws) -> Iterator[Event]:
     from curate.export import export_workspace
 
     if cfg.export_dir is None:
-        console.print("no [export] to = ...: export skipped")
+        yield Note("no [export] to = ...: export skipped")
         return
     for fmt in cfg.export_formats:
         stage, path = export_workspace(cfg.workdir, cfg.export_dir / fmt, fmt=fmt, overwrite=True)
-        console.print(f"{stage}.parquet -> {path} ({fmt})", highlight=False)
+        yield Note(f"{stage}.parquet -> {path} ({fmt})")
 
 
-def _summary(cfg: PipelineConfig, ws, console: Console) -> None:
-    import polars as pl
-    from rich.table import Table
-
-    ledger = ws.ledger()
-    if ledger.height == 0:
-        return
-    table = Table(title=f"{cfg.workdir}: what happened to every input row")
-    for col in ("stage", "kept", "dropped", "quarantined", "top reasons"):
-        table.add_column(col, justify="left" if col in ("stage", "top reasons") else "right")
+def ledger_summary(ledger: pl.DataFrame) -> pl.DataFrame:
+    """Per ledger stage (in the ledger's order): rows kept, dropped and quarantined, and the three most
+    frequent reasons rows were not kept (``"reason n, ..."``, ties by name so the table is the same every run;
+    ``"-"`` when there are none)."""
+    rows = []
     for stage in ledger["stage"].unique(maintain_order=True).to_list():
         part = ledger.filter(pl.col("stage") == stage)
         counts = dict(part.group_by("status").len().iter_rows())
-        reasons = part.filter(pl.col("reason").is_not_null() & (pl.col("status") != "kept")).group_by("reason").len().sort("len", descending=True).head(3)
-        table.add_row(stage, *(str(counts.get(s, 0)) for s in ("kept", "dropped", "quarantined")),
-                      ", ".join(f"{r} {n}" for r, n in reasons.iter_rows()) or "-")
-    console.print(table)
+        reasons = part.filter(pl.col("reason").is_not_null() & (pl.col("status") != "kept")).group_by("reason").len().sort(["len", "reason"], descending=[True, False]).head(3)
+        rows.append({"stage": stage, **{s: counts.get(s, 0) for s in ("kept", "dropped", "quarantined")},
+                     "top_reasons": ", ".join(f"{r} {n}" for r, n in reasons.iter_rows()) or "-"})
+    schema = {"stage": pl.String, "kept": pl.Int64, "dropped": pl.Int64, "quarantined": pl.Int64, "top_reasons": pl.String}
+    return pl.DataFrame(rows, schema=schema)

@@ -7,15 +7,14 @@ paths, so no font or network is needed), and nothing is loaded from a CDN.
 
 from __future__ import annotations
 
-import html
-import io
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
-from curate.audit import headline, member_accuracy, projection_line, prompts_line, throughput_line
+from curate.audit_summary import headline, member_accuracy, prompts_line
+from curate.report_html import esc, pct, pyplot, svg
 from curate.schema import LETTERS
+from curate.throughput import projection_line, throughput_line
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -44,14 +43,6 @@ code{background:#f2f4f7;padding:1px 4px;border-radius:3px}
 MAX_PLOT_GROUPS = 30
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
-
-
 def _ci(ci: list | tuple | None) -> str:
     return "–" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f} %"
 
@@ -69,34 +60,10 @@ def _with_expected(groups: dict[str, dict]) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------
 # plots (matplotlib, Agg, inline SVG)
 # ----------------------------------------------------------------------------------------
-def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    with warnings.catch_warnings():
-        # Labels in scripts the bundled font lacks (e.g. CCBench's Chinese categories) draw as
-        # boxes in the plot; the tables beside it carry the real text.
-        warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline SVG in HTML
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.fonttype": "path", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
 def plot_shares(groups: dict[str, dict], title: str, *, chance_key: str = "expected", xlabel: str = "blind-answerable share",
                 chance_label: str = "chance") -> str:
     """Horizontal bars: share per group with 95 % CI whiskers and the chance level as a tick."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(groups)[::-1]
     shares = [groups[n]["share"] or 0.0 for n in names]
     lo = [max(0.0, s - (groups[n]["ci95"] or (s, s))[0]) for n, s in zip(names, shares)]
@@ -112,11 +79,11 @@ def plot_shares(groups: dict[str, dict], title: str, *, chance_key: str = "expec
     ax.set_xlabel(xlabel + " (%)")
     ax.set_title(title, loc="left", fontsize=10)
     ax.set_xlim(0, max(5.0, 100 * max((s + h) for s, h in zip(shares, hi)) * 1.15) if names else 100)
-    return _svg(fig)
+    return svg(fig)
 
 
 def plot_histogram(hist: list[dict], title: str = "How many members answered right (without the image)") -> str:
-    plt = _pyplot()
+    plt = pyplot()
     rows = [h for h in hist if h["hits"] is not None]
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     ax.bar([h["hits"] for h in rows], [h["items"] for h in rows], color="#5b7db1", width=0.7)
@@ -126,11 +93,11 @@ def plot_histogram(hist: list[dict], title: str = "How many members answered rig
     ax.set_xlabel("members with the right answer")
     ax.set_ylabel("items")
     ax.set_title(title, loc="left", fontsize=10)
-    return _svg(fig)
+    return svg(fig)
 
 
 def plot_compare(left: dict[str, dict], right: dict[str, dict], labels: tuple[str, str], title: str) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(set(left) | set(right))[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(names) + 1.0))
     ys = range(len(names))
@@ -140,7 +107,7 @@ def plot_compare(left: dict[str, dict], right: dict[str, dict], labels: tuple[st
     ax.set_xlabel("blind-answerable share (%)")
     ax.legend(loc="lower right", frameon=False)
     ax.set_title(title, loc="left", fontsize=10)
-    return _svg(fig)
+    return svg(fig)
 
 
 # ----------------------------------------------------------------------------------------
@@ -152,14 +119,14 @@ def _share_table(groups: dict[str, dict], first: str) -> str:
         bc = _bc(g)
         width = int(round(200 * (g["share"] or 0)))
         rows.append(
-            f"<tr><td>{_e(name)}</td><td class=n>{g['n']}</td><td class=n>{g['k']}</td>"
-            f"<td class=n>{_pct(g['share'])}</td><td class=n>{_ci(g['ci95'])}</td>"
-            f"<td class=n>{_pct(bc.get('chance'))}</td><td class=n><b>{_pct(bc.get('share'))}</b></td>"
+            f"<tr><td>{esc(name)}</td><td class=n>{g['n']}</td><td class=n>{g['k']}</td>"
+            f"<td class=n>{pct(g['share'])}</td><td class=n>{_ci(g['ci95'])}</td>"
+            f"<td class=n>{pct(bc.get('chance'))}</td><td class=n><b>{pct(bc.get('share'))}</b></td>"
             f"<td class=n>{_ci((bc['lo'], bc['hi']) if bc else None)}</td>"
             f"<td><span class=bar style='width:{width}px'></span></td></tr>"
         )
     return (
-        f"<table><tr><th>{_e(first)}</th><th>items</th><th>blind</th><th>share</th><th>95 % CI</th>"
+        f"<table><tr><th>{esc(first)}</th><th>items</th><th>blind</th><th>share</th><th>95 % CI</th>"
         f"<th>expected by chance</th><th>beyond chance</th><th>95 % CI</th><th></th></tr>{''.join(rows)}</table>"
     )
 
@@ -173,8 +140,8 @@ def _calibration_cell(r: dict[str, Any], has_panel: bool) -> str:
     if not cal.get("calibrated"):
         return f"not calibrated<br><span class=muted>{margin}</span>" if margin else "not calibrated"
     return (
-        f"{margin}<br>false hits {_pct(cal.get('false_hit_rate'))} on vision-needed controls<br>"
-        f"recall {_pct(cal.get('recall'))} of MMLU control hits"
+        f"{margin}<br>false hits {pct(cal.get('false_hit_rate'))} on vision-needed controls<br>"
+        f"recall {pct(cal.get('recall'))} of MMLU control hits"
     )
 
 
@@ -186,20 +153,20 @@ def _member_table(members: dict[str, dict], models: dict[str, dict], has_panel: 
         verdict = "–" if above is None else ("<span class=no>answers blind above chance</span>" if above else "<span class=ok>not above chance</span>")
         comp = r.get("competence")
         if comp:
-            ctl = f"{_pct(comp.get('accuracy'))} ({_pct(comp.get('ci_low'), 0)}–{_pct(comp.get('ci_high'), 0)}) of {comp.get('n')}"
+            ctl = f"{pct(comp.get('accuracy'))} ({pct(comp.get('ci_low'), 0)}–{pct(comp.get('ci_high'), 0)}) of {comp.get('n')}"
             ctl += " <span class=no>at chance</span>" if comp.get("at_chance") else " <span class=ok>above chance</span>"
         else:
             ctl = "–"
         counted = "" if r.get("counted") is None else ("yes" if r["counted"] else "<span class=no>no (at chance)</span>")
         acc = member_accuracy(r)
         bc = _bc(r)
-        beyond = f"{_pct(bc.get('share'))} ({_ci((bc['lo'], bc['hi']))})" if bc else "–"
+        beyond = f"{pct(bc.get('share'))} ({_ci((bc['lo'], bc['hi']))})" if bc else "–"
         rows.append(
-            f"<tr><td><b>{_e(m)}</b><br><span class=muted>{_e(info.get('model', ''))} {_e(info.get('method', ''))}"
+            f"<tr><td><b>{esc(m)}</b><br><span class=muted>{esc(info.get('model', ''))} {esc(info.get('method', ''))}"
             f"{' ' + str(info['shots']) + '-shot' if info.get('shots') is not None else ''}</span></td>"
             f"<td>{ctl}</td><td>{_calibration_cell(r, has_panel)}</td><td>{counted}</td>"
-            f"<td class=n>{acc['n']}</td><td class=n>{acc['k']}</td><td class=n>{_pct(acc['share'])}</td><td class=n>{_ci(acc['ci95'])}</td>"
-            f"<td class=n>{_pct(acc.get('chance_hit'))}</td><td class=n>{r['k']} ({_pct(r['share'])})</td><td class=n>{beyond}</td>"
+            f"<td class=n>{acc['n']}</td><td class=n>{acc['k']}</td><td class=n>{pct(acc['share'])}</td><td class=n>{_ci(acc['ci95'])}</td>"
+            f"<td class=n>{pct(acc.get('chance_hit'))}</td><td class=n>{r['k']} ({pct(r['share'])})</td><td class=n>{beyond}</td>"
             f"<td class=n>{r.get('no_answer', 0)}</td><td>{verdict}</td></tr>"
         )
     return (
@@ -214,7 +181,7 @@ def _options_html(options: list | None, key: str | None) -> str:
     items = []
     for letter, text in zip(LETTERS, options or []):
         cls = " class=key" if letter == key else ""
-        items.append(f"<li{cls}><b>{letter}.</b> {_e(text if text is not None else '(empty)')}{' ✓' if letter == key else ''}</li>")
+        items.append(f"<li{cls}><b>{letter}.</b> {esc(text if text is not None else '(empty)')}{' ✓' if letter == key else ''}</li>")
     return f"<ol style='list-style:none'>{''.join(items)}</ol>"
 
 
@@ -225,13 +192,13 @@ def _top_items_html(items: list[dict]) -> str:
         for m, a in it["members"].items():
             mark = "ok" if a.get("hit") else "no"
             prob = f" (P(key) {a['prob']:.2f})" if a.get("prob") is not None else ""
-            answers.append(f"<span class={mark}>{_e(m)}: {_e(a.get('answer') or 'no answer')}{' ✓' if a.get('hit') else ''}{prob}</span>")
-        hint = f"<div class=muted>Hint: {_e(it['hint'])}</div>" if it.get("hint") else ""
+            answers.append(f"<span class={mark}>{esc(m)}: {esc(a.get('answer') or 'no answer')}{' ✓' if a.get('hit') else ''}{prob}</span>")
+        hint = f"<div class=muted>Hint: {esc(it['hint'])}</div>" if it.get("hint") else ""
         score = f"blind score {it['blind_score']:.2f}" if it.get("blind_score") is not None else None
-        head = " · ".join(_e(x) for x in (it["item_id"], it.get("category"), score, f"{it.get('hits')} member(s) right", f"key {it.get('answer')}") if x)
+        head = " · ".join(esc(x) for x in (it["item_id"], it.get("category"), score, f"{it.get('hits')} member(s) right", f"key {it.get('answer')}") if x)
         out.append(
             f"<div class=item><div class=muted>{head}</div>{hint}"
-            f"<div class=q>{_e(it.get('question'))}</div>{_options_html(it.get('options'), it.get('answer'))}"
+            f"<div class=q>{esc(it.get('question'))}</div>{_options_html(it.get('options'), it.get('answer'))}"
             f"<div>Answers without the image: {' · '.join(answers)}</div></div>"
         )
     return "".join(out)
@@ -248,7 +215,7 @@ def _rules_html(rules: dict[str, Any]) -> str:
         "malformed": "malformed items",
     }
     rows = "".join(
-        f"<tr><td>{_e(labels.get(c, c))} <code>{_e(c)}</code></td><td class=n>{v['flagged']}</td><td class=n>{_pct(v.get('share'))}</td>"
+        f"<tr><td>{esc(labels.get(c, c))} <code>{esc(c)}</code></td><td class=n>{v['flagged']}</td><td class=n>{pct(v.get('share'))}</td>"
         f"<td class=n>{v.get('dropping', '') if 'dropping' in v else ''}</td></tr>"
         for c, v in rules.items()
         if c != "rule_drop"
@@ -260,10 +227,10 @@ def _rules_html(rules: dict[str, Any]) -> str:
         if c == "rule_drop" or not v.get("examples"):
             continue
         ex = "".join(
-            f"<tr><td>{_e(e['item_id'])}</td><td>{_e((e.get('question') or '')[:300])}</td><td>{_e(e.get('reason'))}</td></tr>"
+            f"<tr><td>{esc(e['item_id'])}</td><td>{esc((e.get('question') or '')[:300])}</td><td>{esc(e.get('reason'))}</td></tr>"
             for e in v["examples"]
         )
-        parts.append(f"<h3>{_e(labels.get(c, c))}: examples</h3><table><tr><th>item</th><th>question</th><th>evidence</th></tr>{ex}</table>")
+        parts.append(f"<h3>{esc(labels.get(c, c))}: examples</h3><table><tr><th>item</th><th>question</th><th>evidence</th></tr>{ex}</table>")
     return "".join(parts)
 
 
@@ -272,18 +239,18 @@ def _compare_html(cmp: dict[str, Any]) -> str:
     la, lb = a.get("label") or "A", b.get("label") or "B"
     rows = [
         ("items", a["n_items"], b["n_items"]),
-        ("blind-answerable share", _pct(a["blind_share"]), _pct(b["blind_share"])),
+        ("blind-answerable share", pct(a["blind_share"]), pct(b["blind_share"])),
         ("95 % CI", _ci(a["ci95"]), _ci(b["ci95"])),
-        ("blind-answerable beyond chance", _pct(_bc(a).get("share")), _pct(_bc(b).get("share"))),
+        ("blind-answerable beyond chance", pct(_bc(a).get("share")), pct(_bc(b).get("share"))),
         ("95 % CI (beyond chance)", _ci((_bc(a)["lo"], _bc(a)["hi"]) if _bc(a) else None), _ci((_bc(b)["lo"], _bc(b)["hi"]) if _bc(b) else None)),
-        ("expected by chance", _pct(_bc(a).get("chance")), _pct(_bc(b).get("chance"))),
+        ("expected by chance", pct(_bc(a).get("chance")), pct(_bc(b).get("chance"))),
     ]
     for m in sorted(set(a["members"]) | set(b["members"])):
-        rows.append((f"member {m}: accuracy without image", _pct(a["members"].get(m)), _pct(b["members"].get(m))))
+        rows.append((f"member {m}: accuracy without image", pct(a["members"].get(m)), pct(b["members"].get(m))))
     for c in sorted(set(a["rules"]) | set(b["rules"])):
         rows.append((f"rule {c}: flagged", a["rules"].get(c, "–"), b["rules"].get(c, "–")))
-    body = "".join(f"<tr><td>{_e(r[0])}</td><td class=n>{_e(r[1])}</td><td class=n>{_e(r[2])}</td></tr>" for r in rows)
-    html_parts = [f"<table><tr><th></th><th>{_e(la)}</th><th>{_e(lb)}</th></tr>{body}</table>"]
+    body = "".join(f"<tr><td>{esc(r[0])}</td><td class=n>{esc(r[1])}</td><td class=n>{esc(r[2])}</td></tr>" for r in rows)
+    html_parts = [f"<table><tr><th></th><th>{esc(la)}</th><th>{esc(lb)}</th></tr>{body}</table>"]
     right = cmp["right_summary"]
     if cmp.get("by_dimension"):
         left_groups = {k: {"share": v[0]} for k, v in cmp["by_dimension"].items()}
@@ -294,7 +261,7 @@ def _compare_html(cmp: dict[str, Any]) -> str:
         right_groups = {k: {"share": v[1]} for k, v in cmp["by_category"].items()}
         html_parts.append(f"<figure>{plot_compare(left_groups, right_groups, (la, lb), 'Blind-answerable share per capability')}</figure>")
     if right.get("by_source"):
-        html_parts.append(f"<h3>{_e(lb)} per source</h3>" + _share_table(right["by_source"], "source"))
+        html_parts.append(f"<h3>{esc(lb)} per source</h3>" + _share_table(right["by_source"], "source"))
     return "".join(html_parts)
 
 
@@ -305,10 +272,10 @@ def _headline_cards(summary: dict[str, Any]) -> list[str]:
     unit = "questions" if summary.get("n_questions", summary["n_items"]) != summary["n_items"] else "items"
     if bc:
         first = [
-            f"<div class=card><div class=v id=beyond-chance>{_pct(bc['share'])}</div><div class=l>blind-answerable beyond chance</div></div>",
+            f"<div class=card><div class=v id=beyond-chance>{pct(bc['share'])}</div><div class=l>blind-answerable beyond chance</div></div>",
             f"<div class=card><div class=v id=beyond-chance-ci>{_ci((bc['lo'], bc['hi']))}</div><div class=l>95 % interval (beyond chance)</div></div>",
         ]
-        expected = (f"<div class=card><div class=v>{_pct(bc['chance'])}</div><div class=l>expected by chance: this panel's own "
+        expected = (f"<div class=card><div class=v>{pct(bc['chance'])}</div><div class=l>expected by chance: this panel's own "
                     "answers, scored against a random key</div></div>")
     else:
         first = [("<div class=card><div class=v id=beyond-chance>–</div><div class=l>beyond chance: not available "
@@ -317,12 +284,12 @@ def _headline_cards(summary: dict[str, Any]) -> list[str]:
     return [
         "<div class=cards>",
         *first,
-        (f"<div class=card><div class=v id=blind-share>{_pct(blind['share'])}</div><div class=l>called blind by the panel, raw "
+        (f"<div class=card><div class=v id=blind-share>{pct(blind['share'])}</div><div class=l>called blind by the panel, raw "
          f"({blind['k']} of {blind['n']} {unit}; 95 % CI {_ci(blind['ci95'])})</div></div>"),
         expected,
-        f"<div class=card><div class=v>{_pct(blind.get('chance_hit'))}</div><div class=l>chance of one guess (mean 1/options)</div></div>",
+        f"<div class=card><div class=v>{pct(blind.get('chance_hit'))}</div><div class=l>chance of one guess (mean 1/options)</div></div>",
         "</div>",
-        f"<p id=headline>{_e(headline(summary))}</p>",
+        f"<p id=headline>{esc(headline(summary))}</p>",
     ]
 
 
@@ -331,49 +298,49 @@ def _model_time_html(summary: dict[str, Any]) -> str:
     parts = []
     prompts = prompts_line(summary)
     if prompts:
-        parts.append(f"<p id=prompts>{_e(prompts)}</p>")
-    parts += [f"<p>{_e(throughput_line(m, r['throughput']))}</p>" for m, r in summary.get("members", {}).items() if r.get("throughput")]
+        parts.append(f"<p id=prompts>{esc(prompts)}</p>")
+    parts += [f"<p>{esc(throughput_line(m, r['throughput']))}</p>" for m, r in summary.get("members", {}).items() if r.get("throughput")]
     if summary.get("projection"):
-        parts.append(f"<p id=projection>{_e(projection_line(summary['projection']))}</p>")
+        parts.append(f"<p id=projection>{esc(projection_line(summary['projection']))}</p>")
     return "<h2>Prompts and model time</h2>" + "".join(parts) if parts else ""
 
 
 def render_html(summary: dict[str, Any], *, title: str | None = None) -> str:
-    """The report page for an audit summary (see :func:`curate.audit.summarize`)."""
+    """The report page for an audit summary (see :func:`curate.audit_summary.summarize`)."""
     title = title or f"Vision-dependence audit: {summary.get('label') or ', '.join(summary.get('sources', []))}"
     panel = summary.get("panel", {})
     models = panel.get("models", {})
     s = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>{_e(title)}</h1>",
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>{esc(title)}</h1>",
         f"<div class=muted>{summary['n_items']} items from {len(summary.get('sources', []))} source(s)"
         + (f" ({summary['n_questions']} distinct questions: copies of one question count once)"
            if summary.get("n_questions", summary["n_items"]) != summary["n_items"] else "")
         + (f" (a random sample of {summary['sample']['n']} of {summary['sample']['of']}, stratified by source, seed {summary['sample']['seed']})" if summary.get("sample") else "")
         + " · panel "
-        f"{_e(panel.get('name') or '')} {('(' + _e(panel.get('hash')) + ')') if panel.get('hash') else ''} · "
-        f"{_e(summary.get('blind_rule'))} · generated {_e(summary.get('generated'))} by mmcurate</div>",
+        f"{esc(panel.get('name') or '')} {('(' + esc(panel.get('hash')) + ')') if panel.get('hash') else ''} · "
+        f"{esc(summary.get('blind_rule'))} · generated {esc(summary.get('generated'))} by mmcurate</div>",
         *_headline_cards(summary),
         ("<p class=muted>Beyond chance: the share of items blind for a reason, after removing the items the panel would "
          "call blind by luck -- each item's chance of a blind verdict if its key were a random option, from the members' "
          "own answers and hit rules (the classical correction for guessing, (B - E) / (1 - E), with a 95 % score interval).</p>"),
     ]
     for note in summary.get("notes") or []:
-        s.append(f"<div class=warn>{_e(note)}</div>")
+        s.append(f"<div class=warn>{esc(note)}</div>")
     members = summary["members"]
     at_chance = [m for m, r in members.items() if (r.get("competence") or {}).get("at_chance")]
     unmeasured = [m for m, r in members.items() if not r.get("competence")]
     if at_chance:
         s.append(
-            f"<div class=warn id=at-chance>Member(s) {_e(', '.join(at_chance))} are at chance on text-answerable control "
+            f"<div class=warn id=at-chance>Member(s) {esc(', '.join(at_chance))} are at chance on text-answerable control "
             "questions: their hits are guesses, so the blind share they contribute is noise. Use stronger text-only "
             "models (or <code>at_chance = \"exclude\"</code> in the panel).</div>"
         )
     if unmeasured:
         s.append(
-            f"<div class=warn id=unmeasured>No control-question competence is recorded for {_e(', '.join(unmeasured))}: "
+            f"<div class=warn id=unmeasured>No control-question competence is recorded for {esc(', '.join(unmeasured))}: "
             "a member that cannot answer text-only questions makes any blind share meaningless, so check it "
             "(panel <code>control_size</code>).</div>"
         )

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from curate.report import _e, _pct, _pyplot, _svg
+from curate.report_html import esc, pct, pyplot, svg
 
 
 def plot_discriminability(hist: list[dict], title: str = "Discriminability (point-biserial r: solving vs model accuracy)") -> str:
     """Bars over [-1, 1] in steps of 0.2: how many items discriminate, and how well."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     mids = [(h["lo"] + h["hi"]) / 2 for h in hist]
     counts = [h["n"] for h in hist]
@@ -28,14 +28,14 @@ def plot_discriminability(hist: list[dict], title: str = "Discriminability (poin
     ax.set_xlabel("discriminability (red: weaker models solve it more often than stronger ones)")
     ax.set_ylabel("items")
     ax.set_title(title, loc="left", fontsize=10)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _answers_cell(answers: dict[str, str | None], key: str | None) -> str:
     parts = []
     for model, letter in answers.items():
         cls = "ok" if letter == key else "no"
-        parts.append(f"{_e(model)}: <span class={cls}>{_e(letter or '(none)')}</span>")
+        parts.append(f"{esc(model)}: <span class={cls}>{esc(letter or '(none)')}</span>")
     return "<br>".join(parts)
 
 
@@ -44,28 +44,28 @@ def _options_cell(options: list | None, key: str | None, suspect: str | None) ->
     rows = []
     for letter, text in zip(letters, options or []):
         mark = " <b>(key)</b>" if letter == key else (" <b>(models)</b>" if letter == suspect else "")
-        rows.append(f"{letter}. {_e(text)}{mark}")
+        rows.append(f"{letter}. {esc(text)}{mark}")
     return "<br>".join(rows)
 
 
 def item_stats_html(st: dict[str, Any]) -> str:
     """The section's HTML."""
     rule = st.get("rule", {})
-    models = ", ".join(f"{_e(m)} {_pct(a)}" for m, a in st.get("models", {}).items())
+    models = ", ".join(f"{esc(m)} {pct(a)}" for m, a in st.get("models", {}).items())
     s = [
         "<h2 id=item-stats>Item statistics from model results</h2>",
         f"<p class=muted>{st['n_items']} items with results of {st['n_models']} model(s) (accuracy: {models})"
         + (f"; {st['unmatched_items']} audited items have no result" if st.get("unmatched_items") else "") + ".</p>",
         "<div class=cards>",
-        f"<div class=card><div class=v id=suspect-keys>{st['suspect_keys']['n']}</div><div class=l>suspect keys ({_pct(st['suspect_keys']['share'])})</div></div>",
-        f"<div class=card><div class=v id=no-model-solves>{_pct(st['no_model_solves']['share'])}</div><div class=l>no model solves ({st['no_model_solves']['n']})</div></div>",
-        f"<div class=card><div class=v id=every-model-solves>{_pct(st['every_model_solves']['share'])}</div><div class=l>every model solves ({st['every_model_solves']['n']})</div></div>",
+        f"<div class=card><div class=v id=suspect-keys>{st['suspect_keys']['n']}</div><div class=l>suspect keys ({pct(st['suspect_keys']['share'])})</div></div>",
+        f"<div class=card><div class=v id=no-model-solves>{pct(st['no_model_solves']['share'])}</div><div class=l>no model solves ({st['no_model_solves']['n']})</div></div>",
+        f"<div class=card><div class=v id=every-model-solves>{pct(st['every_model_solves']['share'])}</div><div class=l>every model solves ({st['every_model_solves']['n']})</div></div>",
         "</div>",
         (
             "<p class=muted>Suspect key (a confident-learning style rule): with model accuracy as weight, the wrong option "
             "most models chose has a weighted share of at least max(q, the mean share keys get) "
             f"(q = {rule.get('q')}), at least {rule.get('min_agree')} models chose it, the best "
-            f"{_pct(rule.get('top'), 0)} of the models (at least one) all chose it, and the item has results of at least "
+            f"{pct(rule.get('top'), 0)} of the models (at least one) all chose it, and the item has results of at least "
             f"{rule.get('min_models')} models. With few models the flag is a review queue, not a verdict: models of one family "
             "share their mistakes.</p>"
         ),
@@ -80,14 +80,14 @@ def item_stats_html(st: dict[str, Any]) -> str:
     items = st.get("suspect_items") or []
     if items:
         rows = "".join(
-            f"<tr><td>{_e(it['item_id'])}</td><td>{_e((it.get('question') or '')[:300])}</td>"
+            f"<tr><td>{esc(it['item_id'])}</td><td>{esc((it.get('question') or '')[:300])}</td>"
             f"<td>{_options_cell(it.get('options'), it.get('key'), it.get('suspect_answer'))}</td>"
-            f"<td>{_answers_cell(it['answers'], it.get('key'))}</td><td>{_e(it['evidence'])}</td></tr>"
+            f"<td>{_answers_cell(it['answers'], it.get('key'))}</td><td>{esc(it['evidence'])}</td></tr>"
             for it in items
         )
         more = st["suspect_keys"]["n"] - len(items)
         s.append(f"<h3>Suspect keys{f' (the {len(items)} strongest; {more} more in item_stats)' if more > 0 else ''}</h3>"
                  f"<table id=suspect-table><tr><th>item</th><th>question</th><th>options</th><th>each model's answer</th><th>evidence</th></tr>{rows}</table>")
     for w in st.get("warnings") or []:
-        s.append(f"<div class=warn>{_e(w)}</div>")
+        s.append(f"<div class=warn>{esc(w)}</div>")
     return "".join(s)

@@ -258,6 +258,7 @@ def suggest_workspace(workdir, *, seed: int = 0) -> tuple[str, pl.DataFrame]:
     from curate.workspace import Workspace
 
     ws = Workspace(workdir)
-    df = suggest(ws.read(ws.newest()), seed=seed)
-    stage, _ = ws.annotate("suggest", df.select("item_id", *[c for c in SUGGEST_COLUMNS if c in df.columns]))
+    base = ws.annotation_base("suggest")  # read once: annotate joins into this same table
+    df = suggest(base[1], seed=seed)
+    stage, _ = ws.annotate("suggest", df.select("item_id", *[c for c in SUGGEST_COLUMNS if c in df.columns]), base=base)
     return stage, df

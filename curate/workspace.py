@@ -59,7 +59,8 @@ import pyarrow.parquet as pq
 
 from curate.errors import UserError
 from curate.schema import LEDGER_SCHEMA, SchemaError, conform, empty_ledger, validate_items, validate_ledger
-from curate.stages import CANDIDATE_STAGES, STAGE_FILES, annotation
+from curate.stages import CANDIDATE_STAGES, STAGE_FILES, annotation, missing_columns
+from curate.stages import stage as stage_spec
 
 LEDGER_FILE = "ledger.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -530,7 +531,17 @@ class Workspace:
         """Write a stage file: at the end of the running transaction, or now as a transaction of its own.
 
         Every stage file holds items (``curate.schema``'s contract: the item columns, unique ids, letters
-        in range), so a stage that would write a broken table fails here, before anything is replaced."""
+        in range) and the columns its stage declares it adds (``curate.stages.STAGES``), so a stage that
+        would write a broken table fails here, before anything is replaced."""
+        path = self.path(stage)
+        missing = missing_columns(stage_spec(stage).adds, df.columns)
+        if missing:
+            raise UserError(f"{self.root}: not written: {path.name} (stage {stage!r}) lacks the column(s) {missing} "
+                            f"that stage adds (curate.stages.STAGES); write the table the {stage!r} stage produced")
+        return self._write(stage, df)
+
+    def _write(self, stage: str, df: pl.DataFrame) -> Path:
+        """:meth:`write` without the stage's column check (the item contract is always checked)."""
         path = self.path(stage)
         try:
             validate_items(df, what=f"{path.name} (stage {stage!r})")
@@ -553,19 +564,46 @@ class Workspace:
                 return stage
         raise UserError(f"{self.root}: none of the stage files {[STAGE_FILES[s] for s in stages]} exist")
 
-    def annotate(self, name: str, columns: pl.DataFrame) -> tuple[str, Path]:
+    def annotation_base(self, name: str) -> tuple[str, pl.DataFrame]:
+        """The stage file annotation ``name`` goes into (the newest it may annotate) and its table, for a
+        step that computes its columns from that table and hands it back to :meth:`annotate` (one read)."""
+        stage = self.newest(annotation(name).into)
+        return stage, self.read(stage)
+
+    def annotate(self, name: str, columns: pl.DataFrame, *, base: tuple[str, pl.DataFrame] | None = None) -> tuple[str, Path]:
         """Add the columns of annotation ``name`` (``curate.stages.ANNOTATIONS``) to the newest stage file it
         may annotate, joined by ``item_id``; columns of the same names are replaced, rows not in ``columns``
-        get nulls. The one way a step writes into a file another stage wrote -- visible in the registry."""
+        get nulls. The one way a step writes into a file another stage wrote -- visible in the registry.
+
+        ``base``: that stage and its table as :meth:`annotation_base` returned them, so the file is not read
+        twice (it must still be the newest, with the file's rows and columns). The stage's own columns are
+        not checked again: the file holds what its stage wrote, and a workspace written before a column
+        existed stays annotatable; only the annotation's declared columns are."""
         spec = annotation(name)
-        unknown = [c for c in columns.columns if c != "item_id" and c not in spec.adds]
-        if "item_id" not in columns.columns or unknown:
-            raise UserError(f"annotation {name!r} adds {list(spec.adds)} by item_id; got columns {columns.columns}")
+        if "item_id" not in columns.columns:
+            raise UserError(f"annotation {name!r} joins by item_id; its table has no item_id column (columns: {columns.columns})")
+        unexpected = [c for c in columns.columns if c != "item_id" and c not in spec.adds]
+        if unexpected:
+            raise UserError(f"annotation {name!r} may not add column(s) {unexpected}: it declares only {list(spec.adds)} "
+                            f"(curate.stages.ANNOTATIONS); declare new columns there")
         stage = self.newest(spec.into)
-        table = self.read(stage)
+        table = self._base_table(stage, base)
         added = [c for c in columns.columns if c != "item_id"]
         table = table.drop([c for c in added if c in table.columns]).join(columns, on="item_id", how="left", maintain_order="left")
-        return stage, self.write(stage, table)
+        return stage, self._write(stage, table)
+
+    def _base_table(self, stage: str, base: tuple[str, pl.DataFrame] | None) -> pl.DataFrame:
+        """The table of ``stage``: the caller's copy when it is that file as it stands (checked from the
+        parquet footer: same rows and columns, no data read), else read from the file."""
+        if base is None:
+            return self.read(stage)
+        given, table = base
+        current = self._current(STAGE_FILES[stage])
+        meta = pq.read_metadata(current)
+        if given != stage or meta.num_rows != table.height or meta.schema.to_arrow_schema().names != table.columns:
+            raise ValueError(f"annotate: base is not the current {STAGE_FILES[stage]} (given stage {given!r}, "
+                             f"{table.height} rows); pass what annotation_base returned, unchanged")
+        return table
 
     # -- ledger ------------------------------------------------------------------------
     @property

@@ -54,7 +54,8 @@ from pathlib import Path
 
 from curate.errors import UserError
 from curate.schema import LETTERS
-from filters.competence import Competence, calibrated, control_items, is_hit, summarise, wilson_interval
+from curate.stats import wilson_interval
+from filters.competence import Competence, calibrated, control_items, is_hit, summarise
 from filters.prompts import build_prompt, rotate
 from filters.scoring import Response, score_prompts
 

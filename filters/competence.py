@@ -17,12 +17,12 @@ So every member is first scored on a shipped control set of questions that need 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from curate.schema import LETTERS
+from curate.stats import wilson_interval
 from filters.prompts import build_prompt
 from filters.scoring import Response, score_prompts
 
@@ -55,17 +55,6 @@ class Competence:
             "ci_low": self.ci_low, "ci_high": self.ci_high, "chance": self.chance, "at_chance": self.at_chance,
             "letter_bias": self.letter_bias, "prior": list(self.prior) if self.prior else None,
         }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (stays inside [0, 1], sane for small n)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @lru_cache(maxsize=2)

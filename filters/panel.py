@@ -30,12 +30,11 @@ import hashlib
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.config import suggest
+from curate.config import Param, check_table, invalid, read_toml, suggest
 from curate.errors import UserError
 
 BACKENDS = ("auto", "transformers", "llamacpp", "openai", "scripted")
@@ -152,43 +151,29 @@ class Panel:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_MEMBER_FIELDS = {f.name: f for f in dataclasses.fields(Member)}
-
-
-
-
-def _check_type(src: str, where: str, key: str, value: Any, expected: type | tuple) -> None:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        return
-    if isinstance(value, bool) and bool not in types:
-        ok = False
-    else:
-        ok = isinstance(value, types)
-    if not ok:
-        names = " or ".join(t.__name__ for t in types if t is not type(None))
-        raise UserError(f"{src}: {where}.{key} = {value!r} must be a {names}")
-
-
-_MEMBER_TYPES: dict[str, type | tuple] = {
-    "name": str, "backend": str, "model": str, "gguf_file": str, "base_url": (str, list), "api": str, "api_key_env": str,
-    "revision": str, "method": str, "shots": int, "template": str, "chat": bool, "dtype": str, "device": str,
-    "batch_size": int, "max_new_tokens": int, "n_threads": int, "n_ctx": int, "concurrency": int,
-    "timeout": float, "max_retries": int, "margin": float, "false_hit_rate": float, "recall": float,
-}
-_PANEL_TYPES: dict[str, type | tuple] = {
-    "name": str, "max_hits": int, "max_hit_fraction": float, "rotations": (int, str), "chance_corrected": bool,
-    "margin": float, "control_size": int, "at_chance": str,
-}
-
-
-def _choice(src: str, where: str, key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"{src}: {where}.{key} = {value!r} is not one of {list(choices)}{suggest(value, choices)}")
-
-
 OPENAI_APIS = ("auto", "completions", "chat")
+_UNIT = Param((float,), low=0, high=1, open_high=True)  # a margin or a fraction: [0, 1)
+_RATE = Param((float,), low=0, high=1)  # a measured rate: [0, 1]
+_COUNT = Param((int,), low=1)
 
+#: What each ``[[member]]`` key accepts (``curate.config``: one message shape for every config file).
+MEMBER_SPEC: dict[str, Param] = {
+    "name": Param((str,)), "backend": Param((str,), choices=BACKENDS), "model": Param((str,)),
+    "gguf_file": Param((str,)), "base_url": Param((str, list)), "api": Param((str,), choices=OPENAI_APIS),
+    "api_key_env": Param((str,)), "revision": Param((str,)), "method": Param((str,), choices=METHODS),
+    "shots": Param((int,), choices=(0, 2)), "template": Param((str,), choices=TEMPLATES), "chat": Param((bool,)),
+    "dtype": Param((str,), choices=DTYPES), "device": Param((str,)), "batch_size": _COUNT, "max_new_tokens": _COUNT,
+    "n_threads": Param((int,)), "n_ctx": _COUNT, "concurrency": _COUNT, "timeout": Param((float,)),
+    "max_retries": Param((int,)), "margin": _UNIT, "false_hit_rate": _RATE, "recall": _RATE,
+}
+#: What each ``[panel]`` key accepts.
+PANEL_SPEC: dict[str, Param] = {
+    "name": Param((str,)), "max_hits": Param((int,), low=0), "max_hit_fraction": _UNIT,
+    "rotations": Param((int,), low=1, also=(ADAPTIVE,), hint=" (1 means no rotation)"),
+    "chance_corrected": Param((bool,)), "margin": _UNIT,
+    "control_size": Param((int,), low=0, hint=" (0 skips the competence check)"),
+    "at_chance": Param((str,), choices=AT_CHANCE_POLICIES),
+}
 
 def _check_endpoints(src: str, where: str, m: dict[str, Any]) -> None:
     """``base_url``: one URL, or a list of replicas serving the same model (``filters.backends.openai_http``
@@ -208,7 +193,6 @@ def _check_endpoints(src: str, where: str, m: dict[str, Any]) -> None:
             raise UserError(f"{src}: {where}.base_url names {url!r} twice; list each replica once")
         seen.add(key)
     m["base_url"] = urls[0] if len(urls) == 1 else tuple(urls)
-    _choice(src, where, "api", m.get("api", "auto"), OPENAI_APIS)
 
 
 def _resolve_model(src: str, base: Path, where: str, m: dict[str, Any]) -> None:
@@ -259,30 +243,14 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
         from filters.rules import RuleConfig
 
         rules = RuleConfig.from_dict({"rules": data["rules"]}, source=src)
+    if not isinstance(data.get("panel", {}), dict):
+        raise invalid(src, "panel", data["panel"], "write it as a [panel] section")
     head = dict(data.get("panel", {}))
-    for key, value in head.items():
-        if key not in _PANEL_TYPES:
-            raise UserError(f"{src}: unknown field panel.{key}{suggest(key, _PANEL_TYPES)}")
-        _check_type(src, "panel", key, value, _PANEL_TYPES[key])
+    check_table(src, "panel", head, PANEL_SPEC)
     if "max_hits" in head and "max_hit_fraction" in head:
         raise UserError(f"{src}: panel sets both max_hits and max_hit_fraction; keep one of them")
     if "max_hit_fraction" in head:
         head["max_hits"] = None
-        if not 0.0 <= head["max_hit_fraction"] < 1.0:
-            raise UserError(f"{src}: panel.max_hit_fraction = {head['max_hit_fraction']} must be in [0, 1)")
-    if head.get("max_hits") is not None and head["max_hits"] < 0:
-        raise UserError(f"{src}: panel.max_hits = {head['max_hits']} must be >= 0")
-    rotations = head.get("rotations", ADAPTIVE)
-    if isinstance(rotations, str) and rotations != ADAPTIVE:
-        raise UserError(f"{src}: panel.rotations = {rotations!r} must be an int >= 1 or \"{ADAPTIVE}\"{suggest(rotations, [ADAPTIVE])}")
-    if isinstance(rotations, int) and rotations < 1:
-        raise UserError(f"{src}: panel.rotations = {rotations} must be >= 1 (1 means no rotation) or \"{ADAPTIVE}\"")
-    if not 0.0 <= head.get("margin", 0.1) < 1.0:
-        raise UserError(f"{src}: panel.margin = {head['margin']} must be in [0, 1)")
-    if head.get("control_size", 100) < 0:
-        raise UserError(f"{src}: panel.control_size must be >= 0 (0 skips the competence check)")
-    if "at_chance" in head:
-        _choice(src, "panel", "at_chance", head["at_chance"], AT_CHANCE_POLICIES)
     raw_members = data.get("member", [])
     if not isinstance(raw_members, list) or not raw_members:
         raise UserError(f"{src}: the panel has no members; add at least one [[member]] table with name and model")
@@ -295,32 +263,15 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
         m = dict(raw)
         if m.get("backend") == "scripted" and isinstance(m.get("model"), dict):  # an inline script (tests)
             m["model"] = json.dumps(m["model"], sort_keys=True, separators=(",", ":"))
-        for key, value in m.items():
-            if key not in _MEMBER_FIELDS:
-                raise UserError(f"{src}: unknown field {where}.{key}{suggest(key, _MEMBER_TYPES)}")
-            _check_type(src, where, key, value, _MEMBER_TYPES[key])
+        check_table(src, where, m, MEMBER_SPEC)
         if not m.get("name"):
             raise UserError(f"{src}: {where} has no name; add name = \"...\" (it names the columns answer__<name>, ...)")
         if not all(c.isalnum() or c in "_-." for c in m["name"]):
-            raise UserError(f"{src}: {where}.name = {m['name']!r} may only hold letters, digits, '_', '-' and '.'")
+            raise invalid(src, f"{where}.name", m["name"], "it may only hold letters, digits, '_', '-' and '.'")
         if m["name"] in seen:
-            raise UserError(f"{src}: {where}.name = {m['name']!r} is used twice; member names must be unique")
+            raise invalid(src, f"{where}.name", m["name"], "it is used twice; member names must be unique")
         seen.add(m["name"])
         m.setdefault("backend", "auto")
-        _choice(src, where, "backend", m["backend"], BACKENDS)
-        _choice(src, where, "method", m.get("method", "loglik"), METHODS)
-        _choice(src, where, "template", m.get("template", "mmstar"), TEMPLATES)
-        _choice(src, where, "dtype", m.get("dtype", "float32"), DTYPES)
-        if m.get("shots", 0) not in (0, 2):
-            raise UserError(f"{src}: {where}.shots = {m['shots']} must be 0 or 2")
-        for key in ("batch_size", "concurrency", "max_new_tokens", "n_ctx"):
-            if key in m and m[key] < 1:
-                raise UserError(f"{src}: {where}.{key} = {m[key]} must be >= 1")
-        if "margin" in m and not 0.0 <= m["margin"] < 1.0:
-            raise UserError(f"{src}: {where}.margin = {m['margin']} must be in [0, 1)")
-        for key in INFORMATIONAL_FIELDS:
-            if key in m and not 0.0 <= m[key] <= 1.0:
-                raise UserError(f"{src}: {where}.{key} = {m[key]} must be in [0, 1]")
         _resolve_model(src, base, where, m)
         members.append(Member(**m))
     return Panel(members=tuple(members), source=src, rules=rules, name=head.pop("name", Path(src).stem), **head)
@@ -335,8 +286,5 @@ def load_panel(path: str | Path | None = None) -> Panel:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: panel file not found; pass --panel with a panel.toml (see data/panel.toml for an example)")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path, "panel")
     return panel_from_dict(data, source=str(path), base=path.parent)

@@ -30,16 +30,14 @@ Examples
 >>> RuleConfig.from_dict({"near_duplicate_treshold": 0.9}, source="panel.toml")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-curate.errors.UserError: panel.toml [rules]: unknown key 'near_duplicate_treshold' = 0.9. Did you mean 'near_duplicate_threshold'? ...
+curate.errors.UserError: panel.toml: unknown key 'near_duplicate_treshold' in [rules] (did you mean 'near_duplicate_threshold'?); ...
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from typing import Any
 
 import polars as pl
 
+from curate.config import Param, check_table, invalid, read_toml
 from curate.errors import UserError
 from filters.duplicates import check_duplicate_image, check_near_duplicate
 from filters.leak import check_answer_leak
@@ -109,32 +108,21 @@ class RuleConfig:
         value and the fix (``UserError``), e.g. an unknown key with the closest valid one.
         """
         if not isinstance(d, dict):
-            raise UserError(f"{source}: expected a TOML table, got {type(d).__name__}; write a [rules] section.")
+            raise invalid(source, "rules", d, "write it as a [rules] section")
         if "rules" in d or any(isinstance(v, dict) for v in d.values()):
             table = d.get("rules", {})
             if not isinstance(table, dict):
-                raise UserError(f"{source}: 'rules' = {table!r} must be a table; write it as a [rules] section.")
+                raise invalid(source, "rules", table, "write it as a [rules] section")
         else:
             table = d
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key, value in table.items():
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise UserError(f"{source} [rules]: unknown key {key!r} = {value!r}.{hint} Valid keys: {', '.join(names)}.")
+        check_table(source, "rules", _lists(table), RULES_SPEC)
         values = {**dataclasses.asdict(cls()), **table}
         return cls(**_validated(values, source))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RuleConfig":
         """Read the ``[rules]`` table of a TOML file (absent table -> defaults)."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: file not found; pass the path of an existing TOML file.") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{path}: not valid TOML ({exc}); fix the syntax at that line.") from None
+        data = read_toml(path, "rules")
         return cls.from_dict({"rules": data.get("rules", {})}, source=str(path))
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,52 +134,39 @@ class RuleConfig:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _fail(source: str, key: str, value: Any, fix: str) -> None:
-    raise UserError(f"{source} [rules]: {key} = {value!r} is invalid; {fix}")
+_SIMILARITY = {"types": (float,), "low": 0, "high": 1, "open_low": True}
+#: What each ``[rules]`` key accepts (``curate.config``: the same message shape as the panel and pipeline files).
+RULES_SPEC: dict[str, Param] = {
+    "enabled": Param((list,), each=str, items=tuple(CHECKS)),
+    "drop": Param((list,), each=str, items=tuple(CHECKS)),
+    "leak_min_answer_chars": Param((int,), low=1, hint=", e.g. 2"),
+    "leak_fields": Param((list,), each=str, items=("question", "hint"), min_items=1),
+    "near_duplicate_threshold": Param(**_SIMILARITY, hint=" (a cosine similarity), e.g. 0.9"),
+    "near_duplicate_question_threshold": Param(**_SIMILARITY, hint=" (a cosine similarity), e.g. 0.8"),
+    "near_duplicate_ngram": Param((list,), each=int),
+    "near_duplicate_ignore_images": Param((bool,)),
+    "phash_max_distance": Param((int,), low=0, high=32, hint=" (differing bits of 64), e.g. 4"),
+    "drop_trap_options": Param((bool,)),
+}
+
+
+def _lists(values: dict[str, Any]) -> dict[str, Any]:
+    """Tuples (a RuleConfig built in code) as lists (as TOML gives them), so one spec checks both."""
+    return {k: list(x) if isinstance(x, tuple) else x for k, x in values.items()}
 
 
 def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check every field's type and range (error names key, value and fix); lists -> tuples."""
-
-    def is_num(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    v = dict(values)
-    for key in ("enabled", "drop"):
-        names = v[key]
-        if not isinstance(names, (tuple, list)) or not all(isinstance(x, str) for x in names):
-            _fail(source, key, names, f"use a list of check names from {list(CHECKS)}.")
-        unknown = [x for x in names if x not in CHECKS]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], CHECKS, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            _fail(source, key, list(names), f"{unknown[0]!r} is not a check{hint}; use names from {list(CHECKS)}.")
+    """Check every field against :data:`RULES_SPEC` and the rules between fields; lists -> tuples."""
+    v = check_table(source, "rules", _lists(values), RULES_SPEC)
     moot = [c for c in v["drop"] if c not in v["enabled"]]
     if moot:
-        _fail(source, "drop", list(v["drop"]),
-              f"{moot[0]!r} is not in enabled = {list(v['enabled'])}, so dropping on it has no effect; "
-              f"add it to enabled or remove it from drop.")
-    if not is_int(v["leak_min_answer_chars"]) or v["leak_min_answer_chars"] < 1:
-        _fail(source, "leak_min_answer_chars", v["leak_min_answer_chars"], "use an integer >= 1, e.g. 2.")
-    lf = v["leak_fields"]
-    if not isinstance(lf, (tuple, list)) or not lf or not set(lf) <= {"question", "hint"}:
-        _fail(source, "leak_fields", lf, 'use a non-empty list from ["question", "hint"].')
-    for key, example in (("near_duplicate_threshold", 0.9), ("near_duplicate_question_threshold", 0.8)):
-        if not is_num(v[key]) or not 0 < v[key] <= 1:
-            _fail(source, key, v[key], f"use a cosine similarity in (0, 1], e.g. {example}.")
+        raise invalid(source, "rules.drop", v["drop"],
+                      f"{moot[0]!r} is not in enabled = {v['enabled']}, so dropping on it has no effect; "
+                      f"add it to enabled or remove it from drop")
     ng = v["near_duplicate_ngram"]
-    if (not isinstance(ng, (tuple, list)) or len(ng) != 2 or not all(is_int(x) for x in ng)
-            or not 1 <= ng[0] <= ng[1] <= 10):
-        _fail(source, "near_duplicate_ngram", ng, "use two integers [min, max] with 1 <= min <= max <= 10, e.g. [3, 5].")
-    d = v["phash_max_distance"]
-    if not is_int(d) or not 0 <= d <= 32:
-        _fail(source, "phash_max_distance", d, "use an integer number of differing bits in 0..32 (of 64), e.g. 4.")
-    for key in ("near_duplicate_ignore_images", "drop_trap_options"):
-        if not isinstance(v[key], bool):
-            _fail(source, key, v[key], "use true or false.")
+    if len(ng) != 2 or not 1 <= ng[0] <= ng[1] <= 10:
+        raise invalid(source, "rules.near_duplicate_ngram", ng,
+                      "it must be two integers [min, max] with 1 <= min <= max <= 10, e.g. [3, 5]")
     return {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
 
 

@@ -123,7 +123,7 @@ class MemberReport:
         return self.asked / self.model_seconds if self.asked and self.model_seconds > 0 else None
 
     def throughput(self) -> dict:
-        """The timing fields plus ``samples_per_s`` (for ``curate.audit.throughput_line`` and summary.json)."""
+        """The timing fields plus ``samples_per_s`` (for ``curate.throughput.throughput_line`` and summary.json)."""
         return {key: getattr(self, key) for key in TIMING_FIELDS} | {"samples_per_s": self.samples_per_s}
 
 

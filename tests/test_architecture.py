@@ -2,9 +2,10 @@
 
 Layers, bottom up: the foundation inside ``curate/`` (errors, schema, workspace, taxonomy, assets,
 console, groups); the stage packages ``filters/`` and ``annotation/``, which may import only the
-foundation; the application (the other ``curate`` modules: ingest, balance, export, audit, the
-pipeline and the CLI). A static scan of every import statement -- function-level ones included,
-since a lazy import is still a dependency -- so the rule holds for code paths no test runs.
+foundation; the application (the other ``curate`` modules: ingest, balance, export, audit and the
+pipeline); on top, the command line, ``curate/cli/``: the only importer of typer, imported by nothing.
+A static scan of every import statement -- function-level ones included, since a lazy import is
+still a dependency -- so the rule holds for code paths no test runs.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOUNDATION = {"curate.errors", "curate.schema", "curate.workspace", "curate.taxonomy", "curate.assets",
-              "curate.console", "curate.groups", "curate.mc", "curate.config", "curate.stages"}
-# The command-line layer of a stage package may reach the application (it prints the audit's throughput line).
-CLI_MODULES = {"filters/cli.py", "annotation/cli.py"}
+              "curate.console", "curate.groups", "curate.mc", "curate.config", "curate.stages",
+              "curate.stats", "curate.allocation", "curate.correlation"}
+PACKAGES = ("curate", "filters", "annotation")
+CLI = ROOT / "curate" / "cli"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -52,8 +54,6 @@ def test_stage_packages_import_only_the_foundation(package):
     offenders = {}
     for path in sorted((ROOT / package).rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel in CLI_MODULES:
-            continue
         above = curate_modules(imported_modules(path)) - FOUNDATION
         if above:
             offenders[rel] = sorted(above)
@@ -82,3 +82,28 @@ def test_importing_the_foundation_loads_no_stage():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"importing the foundation loaded: {out.stdout.strip()}"
+
+
+def _outside_cli(*folders: str) -> list[Path]:
+    """Every Python file under ``folders`` but the CLI package's."""
+    return [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py")) if CLI not in p.parents]
+
+
+def test_only_the_cli_package_imports_typer():
+    """One command-line layer: a library or stage module that imports typer has grown a command of its own."""
+    offenders = sorted(p.relative_to(ROOT).as_posix() for p in _outside_cli(*PACKAGES)
+                       if any(n.split(".")[0] in ("typer", "click") for n in imported_modules(p)))
+    assert not offenders, f"typer / click imported outside curate/cli/: {offenders}"
+    assert any("typer" in imported_modules(p) for p in CLI.glob("*.py")), "the scan found no typer import at all"
+
+
+def test_nothing_outside_the_cli_imports_it():
+    """The CLI prints what the library returns; a library module (or a bench script) importing a CLI printer
+    turns the layers upside down (``curate.pipeline`` once printed through the CLI's balance table)."""
+    offenders = {}
+    for path in _outside_cli(*PACKAGES, "bench"):
+        names = {n for n in imported_modules(path) if n == "curate.cli" or n.startswith("curate.cli.")}
+        if names:
+            offenders[path.relative_to(ROOT).as_posix()] = sorted(names)
+    assert not offenders, f"modules outside curate/cli/ import it: {offenders}"
+    assert not list(ROOT.glob("*/cli.py")) + list(ROOT.glob("*/cli_*.py")), "a CLI module outside curate/cli/"

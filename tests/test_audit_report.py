@@ -20,11 +20,14 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from curate.audit import audit, blind_by_chance, compare_summaries, projection, projection_line, summarize, wilson
+from curate.audit import audit
+from curate.stats import blind_by_chance, wilson
+from curate.audit_summary import compare_summaries, summarize
 from curate.errors import UserError
-from curate.metrics import extract_option_text
+from curate.mc import match_option_text as extract_option_text
 from curate.report import render_html, write_report
 from curate.schema import ITEM_SCHEMA, LETTERS, conform
+from curate.throughput import projection, projection_line
 from curate.workspace import Workspace
 
 MEMBERS = ("vila", "always_a", "noisy")
@@ -325,7 +328,7 @@ def test_competence_from_screen_report_drives_the_warning(table):
 
 
 def test_sample_is_seeded_stratified_and_in_order(table, tmp_path):
-    from curate.audit import sample_items
+    from curate.sampling import sample_items
 
     sample, info = sample_items(table, 40, seed=3)
     assert info == {"n": 40, "of": 240, "seed": 3, "by_source": {"MMBench": 15, "ScienceQA": 25}}  # 90 : 150 of 240
@@ -382,7 +385,7 @@ def chance_summary(chance_table) -> dict:
 
 
 def test_beyond_chance_hand_worked():
-    from curate.audit import beyond_chance_stats
+    from curate.stats import beyond_chance_stats
 
     # No chance at all: exactly Wilson's interval.
     assert beyond_chance_stats([1] * 4 + [0] * 6, [0.0] * 10) == {
@@ -416,7 +419,7 @@ def test_beyond_chance_interval_covers_the_truth():
     """Seeded panels that know a share R of the items and guess the rest: the 95 % interval holds R about 95 % of the time."""
     import numpy as np
 
-    from curate.audit import beyond_chance_stats
+    from curate.stats import beyond_chance_stats
 
     for R, n in ((0.2, 300), (0.0, 300)):
         covered = 0
@@ -464,7 +467,7 @@ def test_guessing_panel_is_at_chance_and_a_knowing_panel_is_not():
 
 
 def test_summary_beyond_chance_per_group(chance_table, chance_summary):
-    from curate.audit import beyond_chance_stats
+    from curate.stats import beyond_chance_stats
 
     def expected(part):
         return beyond_chance_stats(part["blind"].cast(pl.Float64).to_list(), part["blind_chance"].to_list())
@@ -487,7 +490,7 @@ def test_summary_beyond_chance_per_group(chance_table, chance_summary):
 
 
 def test_old_tables_without_blind_chance(table, summary):
-    from curate.audit import NO_BLIND_CHANCE_NOTE, headline
+    from curate.audit_summary import NO_BLIND_CHANCE_NOTE, headline
 
     assert summary["beyond_chance"] is None and summary["notes"] == [NO_BLIND_CHANCE_NOTE]
     for key in ("by_source", "by_category", "by_source_category", "by_n_options"):
@@ -504,7 +507,7 @@ def test_old_tables_without_blind_chance(table, summary):
 
 
 def test_headline_console_and_report(chance_table, chance_summary, tmp_path):
-    from curate.audit import headline
+    from curate.audit_summary import headline
     from curate.cli import app
 
     bc, b = chance_summary["beyond_chance"], chance_summary["blind"]
@@ -528,7 +531,7 @@ def test_headline_console_and_report(chance_table, chance_summary, tmp_path):
 
 
 def test_prompts_calibration_and_blind_score_ranking(chance_table, chance_summary):
-    from curate.audit import prompts_line
+    from curate.audit_summary import prompts_line
 
     p = chance_summary["prompts"]
     hits = sum(int(chance_table[f"hit__{m}"].sum()) for m in MEMBERS)
@@ -556,7 +559,7 @@ def test_prompts_calibration_and_blind_score_ranking(chance_table, chance_summar
 
 
 def test_projection_with_concurrent_members():
-    from curate.audit import throughput_line
+    from curate.throughput import throughput_line
 
     # a runs in-process (its lane: 50 s); b and c are remote endpoints running at the same time as a
     members = {

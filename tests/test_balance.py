@@ -300,7 +300,7 @@ def mmstar_stats(tmp_path_factory) -> pl.DataFrame:
     """MMStar's 1,500 items (text only) with item-stats columns computed from its 3 public result files."""
     from curate.ingest import ingest
     from curate.item_stats import compute, join_stats
-    from curate.metrics import read_predictions
+    from curate.results import read_predictions
 
     ws = tmp_path_factory.mktemp("star") / "ws"
     ingest([MMSTAR / "llava_next_yi_34b_MMStar.xlsx"], out=ws)
@@ -330,7 +330,7 @@ def _digest(ws: Workspace) -> str:
 def test_without_item_stats_columns_balance_writes_what_it_wrote_before(workspace, tmp_path):
     """Golden digests (and, on the same polars, balanced.parquet's sha256) written by the balancer
     before #18 (commit 338df5e) on the same inputs: no item-stats column, no change at all."""
-    from curate.cli_build import balance_summary
+    from curate.cli.build import balance_summary
     from curate.ingest import ingest
 
     res = balance_workspace(workspace.root, total=300, seed=0)
@@ -349,7 +349,7 @@ def test_without_item_stats_columns_balance_writes_what_it_wrote_before(workspac
 
 
 def test_suspect_keys_are_left_out_unless_a_reviewer_kept_them_with_a_ledger_reason(mmstar_stats, tmp_path):
-    from curate.cli_build import balance_summary
+    from curate.cli.build import balance_summary
 
     table = mmstar_stats
     suspect = table.filter(pl.col("suspect_key"))
@@ -422,8 +422,8 @@ def test_keep_ranking_on_real_result_files_reports_tau_and_beats_random_subsets(
     from rich.console import Console
 
     from curate.balance import pool_difficulty_mix
-    from curate.cli_build import balance_summary, print_balance
-    from curate.item_stats import random_subset, ranking_agreement
+    from curate.cli.build import balance_summary, print_balance
+    from curate.subsets import random_subset, ranking_agreement
 
     ws = _star_workspace(tmp_path / "ws", mmstar_stats)
     res = balance_workspace(ws.root, total=120, seed=0, allow_no_image=True, source_cap=None,
@@ -459,3 +459,41 @@ def _correct(pool: pl.DataFrame, ws_root) -> pl.DataFrame:
         warnings.simplefilter("error")  # every result row names an item of the workspace
         full = correct_matrix_from_files(MMSTAR_RESULTS, Workspace(ws_root).read("items"))
     return full.filter(pl.col("item_id").is_in(pool["item_id"].implode()))
+
+
+# -- quotas and caps worked by hand (issue #15) --------------------------------------------------------
+def test_equal_shares_give_the_remainder_to_the_first_capabilities():
+    from curate.balance import _shares
+
+    caps = ["a", "b", "c", "d", "e", "f"]
+    # 1000 = 6 * 166 + 4: the first four get one more (bug caught: a dropped remainder gives 996)
+    assert _shares(1000, caps, None) == {"a": 167, "b": 167, "c": 167, "d": 167, "e": 166, "f": 166}
+    assert _shares(1500, caps, None) == dict.fromkeys(caps, 250) and _shares(0, caps, None) == dict.fromkeys(caps, 0)
+    assert _shares(5, caps, None) == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 0}
+    assert _shares(999, caps, 40) == dict.fromkeys(caps, 40)  # a fixed count per capability ignores the total
+    assert _shares(0, caps, {"b": 7, "d": 2.0}) == {"a": 0, "b": 7, "c": 0, "d": 2, "e": 0, "f": 0}
+    with pytest.raises(UserError, match="total=-1"):
+        _shares(-1, caps, None)
+    with pytest.raises(UserError, match="'z'"):
+        _shares(10, caps, {"a": 1, "z": 2})
+
+
+def test_source_cap_is_a_fraction_of_the_total_or_a_count():
+    from curate.balance import _source_cap
+
+    assert _source_cap(None, 600) is None
+    assert _source_cap(0.3, 600) == 180 and _source_cap(0.25, 1500) == 375
+    assert _source_cap(0.001, 600) == 1  # 0.6 rounds up: never a cap of 0
+    assert _source_cap(1.0, 600) == 600 and _source_cap(1, 600) == 1  # 1.0 is "all of it", 1 is one item
+    assert _source_cap(5, 600) == 5 and _source_cap(2.5, 600) == 2
+    for bad in (0, 0.0, -0.5, -3):
+        with pytest.raises(UserError, match="source_cap"):
+            _source_cap(bad, 600)
+
+
+def test_waterfill_never_exceeds_a_bin_and_meets_every_feasible_target():
+    assert waterfill(7, [0, 5, 5]) == [0, 4, 3]  # an empty bin takes nothing
+    assert waterfill(3, [1, 1, 1, 1]) == [1, 1, 1, 0]  # single leftovers go to the earliest bins
+    assert waterfill(20, [3, 4, 5]) == [3, 4, 5]  # infeasible: every bin full, no more
+    assert waterfill(11, [2, 9, 9]) == [2, 5, 4]  # 3 each, the first capped at 2 (8 given); then 1 each; the last to bin 1
+    assert waterfill(0, [5, 5]) == [0, 0] and waterfill(5, []) == []

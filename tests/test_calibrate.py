@@ -24,7 +24,8 @@ from filters.calibrate import (
     Calibration, calibrate_panel, choose_margin, derive_vision_controls, hit_threshold, hits_at, vision_controls,
     write_calibration,
 )
-from filters.competence import control_items, wilson_interval
+from curate.stats import wilson_interval
+from filters.competence import control_items
 from filters.panel import load_panel, panel_from_dict
 from filters.scoring import Response
 

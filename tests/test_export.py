@@ -179,7 +179,8 @@ def test_existing_export_dir_needs_overwrite_and_errors_leave_it_untouched(items
 
 def test_export_of_a_corrupt_stage_and_the_cli(items, tmp_path, capsys, monkeypatch):
     ws = Workspace(tmp_path / "ws", create=True)
-    ws.write("screened", items.head(10))
+    ws.write("screened", items.head(10).with_columns(answer__m=pl.lit("A"), hits=pl.lit(0, pl.Int32), n_members=pl.lit(1, pl.Int32),
+                                                      blind=pl.lit(False)))  # the verdict columns a screened file holds
     (ws.root / "balanced.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(UserError, match="balanced.parquet: not a readable parquet file"):
         export_workspace(ws.root, tmp_path / "e", fmt="jsonl")

@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.audit import summarize
+from curate.audit_summary import summarize
 from curate.balance import balance, balance_workspace, candidates, replace
 from curate.groups import assign_groups, linked_groups, one_per_group
 from curate.ingest import ingest, ingest_to_workspace

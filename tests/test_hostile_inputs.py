@@ -10,6 +10,7 @@ code 2 -- never a traceback. A property test throws random TSV and JSONL rows at
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -158,10 +159,14 @@ def test_mathvista_numbers_as_options_keep_the_text_key(shared_data, tmp_path):
     assert ledger.height == 1000
     by_pid = {r["orig_index"]: r for r in items.iter_rows(named=True)}
     raw = json.loads((shared_data / corpus.MATHVISTA).read_text(encoding="utf-8"))
-    for pid, rec in raw.items():
-        if pid in by_pid and rec.get("choices"):
-            item = by_pid[pid]
-            assert item["answer_text"] == str(rec["answer"]).strip(), pid
+    # every multiple-choice row is kept (the 460 free-form ones are not items), so each check below runs 540 times
+    with_choices = sorted(pid for pid, rec in raw.items() if rec.get("choices"))
+    assert len(with_choices) == 540 and sorted(by_pid) == with_choices
+    for pid in with_choices:
+        item, want = by_pid[pid], str(raw[pid]["answer"]).strip()
+        assert item["answer_text"] == want, pid
+        assert item["options"]["ABCDEFGHIJ".index(item["answer"])] == want, pid
+    assert (by_pid["198"]["options"], by_pid["198"]["answer"]) == (["1", "2", "3", "4"], "A")
 
 
 # --- property tests: random rows keep the ledger invariant ----------------------------------
@@ -229,3 +234,94 @@ def test_columnar_visible_class_agrees_with_the_row_rule():
     assert len(surely) > 30_000
     assert not [ch for ch in surely if _invisible(ch) or unicodedata.category(ch)[0] in "CZ"]
     assert _invisible("\u200b\ufeff \u2060") and not _invisible("a\u200b")
+
+
+# --- quoted cells over several lines vs rows glued by a stray quote ---------------------------
+
+MMSTAR_RESULT = Path(__file__).parent / "data" / "mmstar" / "vila_8b_MMStar.xlsx"
+#: A question and a hint over several lines holding commas and tabs, as a table pasted into a cell.
+TABLE_QUESTION = "Read the table.\nshape, sides\tcolour\n3, triangle\tred\nWhich shape has 3 sides?"
+TABLE_HINT = "Options: A: a, B: b\n12\t7, 8"
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"], ids=["csv", "tsv"])
+def test_quoted_multiline_cells_holding_the_delimiter_are_kept(shared_data, tmp_path, delimiter):
+    """Quoted the way pandas and the csv module write (only cells that need it), a question and a
+    hint with line breaks and the delimiter are one good row each, read back to the character."""
+    rows = corpus.mmbench_rows(shared_data)
+    rows[1]["question"], rows[3]["hint"] = TABLE_QUESTION, TABLE_HINT
+    src = tmp_path / ("multi.csv" if delimiter == "," else "multi.tsv")
+    with open(src, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+        w.writerow(rows[0])
+        w.writerows([list(r.values()) for r in rows])
+    assert src.read_text(encoding="utf-8").count("\n") == 1 + 5 + 3 + 1  # header, rows, the cells' line breaks
+    ledger, items = _outcome(src, tmp_path / "ws")
+    assert ledger.select("row", "status").rows() == [(i, "kept") for i in range(1, 6)], ledger.select("row", "status", "reason")
+    by_row = {r["row"]: r for r in items.iter_rows(named=True)}
+    assert (by_row[2]["question"], by_row[4]["hint"]) == (TABLE_QUESTION, TABLE_HINT)
+    assert [by_row[i]["question"] for i in (1, 3, 4, 5)] == [rows[i - 1]["question"] for i in (1, 3, 4, 5)]
+
+
+def test_csv_copy_of_a_real_mmstar_file_keeps_every_row(tmp_path):
+    """MMStar questions carry "Options: A: .., B: .." lines: in a CSV copy of a real result file
+    every one of them is a quoted cell holding line breaks and commas, and none is lost."""
+    raw = pl.read_excel(MMSTAR_RESULT, infer_schema_length=0)
+    src = tmp_path / "mmstar.csv"
+    raw.write_csv(src)
+    ledger, items = _outcome(src, tmp_path / "ws")
+    multiline = raw.filter(pl.col("question").str.contains("\n") & pl.col("question").str.contains(","))
+    assert multiline.height > 300 and ledger.height == raw.height == 1500
+    assert set(ledger["status"]) == {"kept"}, ledger.filter(pl.col("status") != "kept").head(3)
+    assert dict(items.select("orig_index", "question").rows()) == dict(raw.select("index", "question").rows())
+
+
+def _glued(shared_data: Path, folder: Path, delimiter: str, closing: str) -> tuple[Path, list[dict]]:
+    """Real rows, unquoted: row 2's question opens with a stray quote and row 4's question holds
+    the quote that ends it, at the end of the cell or the start -- rows 2-4 read as one record of
+    the header's length, the reader's view of three rows glued by a stray quote."""
+    rows = corpus.mmbench_rows(shared_data)
+    rows[1]["question"] = '"' + rows[1]["question"]
+    rows[3]["question"] = rows[3]["question"] + ' 5"' if closing == "end" else '"' + rows[3]["question"]
+    src = corpus.write_plain_tsv(folder / ("glued.csv" if delimiter == "," else "glued.tsv"), rows, delimiter=delimiter)
+    with open(src, encoding="utf-8", newline="") as fh:  # the premise: one record of the right length over 3 lines
+        records = list(csv.reader(fh, delimiter=delimiter))
+    assert len(records) == 4 and {len(r) for r in records} == {len(rows[0])}
+    return src, rows
+
+
+@pytest.mark.parametrize("closing", ["end", "start"])
+@pytest.mark.parametrize("delimiter", [",", "\t"], ids=["csv", "tsv"])
+def test_rows_glued_by_a_stray_quote_are_still_split_and_named(shared_data, tmp_path, delimiter, closing):
+    """The stray quote's row is quarantined naming file, row and field; the rows it swallowed are
+    rows again (the one whose quote closed the run is quarantined too when that quote opens its cell)."""
+    src, rows = _glued(shared_data, tmp_path, delimiter, closing)
+    ledger, items = _outcome(src, tmp_path / "ws")
+    bad = {2: "question"} | ({4: "question"} if closing == "start" else {})
+    got = {r["row"]: r for r in ledger.iter_rows(named=True)}
+    assert sorted(got) == [1, 2, 3, 4, 5]
+    for row, r in got.items():
+        if row in bad:
+            assert (r["status"], r["reason"], r["field"]) == ("quarantined", "unbalanced_quote", bad[row]), r
+            assert r["detail"].startswith(f"{src}: row {row} (line {row + 1})"), r["detail"]
+        else:
+            assert r["status"] == "kept", r
+    kept = {r["row"]: r["question"] for r in items.iter_rows(named=True)}
+    assert kept == {i: rows[i - 1]["question"] for i in range(1, 6) if i not in bad}
+
+
+@pytest.mark.parametrize("text, glued", [
+    ('1,"Options: A: x, B: y\nso, which?"\n', False),  # a well-quoted cell: line break and comma
+    ('1,"a\nso,b"\n', False),  # both lines split in two, but the second opens with text, not a key
+    ('1,"a, b\n2,c\n', True),  # the quote never closes (only well-formedness tells)
+    ('1,"a, b\n2,"c\n', True),  # a quote "closes" with text after it (only well-formedness tells)
+    ('1,"a\n2,b"\n', True),  # closed at a cell's end: whole rows, the second opening with a key
+])
+def test_swallowed_needs_one_mark_of_a_stray_quote(text, glued):
+    """Each mark of ``_swallowed`` on its own, on one two-column record as the csv reader sees it."""
+    from curate.formats.vlmevalkit import _swallowed
+
+    lines = text.splitlines(keepends=True)
+    fields = next(csv.reader(lines, delimiter=","))
+    assert len(fields) == 2
+    assert _swallowed(fields, lines, 2, ",") is glued

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from curate.difficulty import difficulty_bin
 from curate.errors import UserError
 from curate.item_stats import (
     ITEM_STATS_FILE,
@@ -23,15 +24,17 @@ from curate.item_stats import (
     correct_matrix,
     item_stats,
     judge_item,
-    keep_ranking_subset,
-    kendall_tau,
     model_names,
-    point_biserial,
-    random_subset,
-    ranking_agreement,
     write_item_stats,
 )
-from curate.metrics import difficulty_bin, read_predictions, score
+from curate.correlation import point_biserial
+from curate.results import read_predictions, score
+from curate.subsets import (
+    keep_ranking_subset,
+    kendall_tau,
+    random_subset,
+    ranking_agreement,
+)
 from curate.workspace import Workspace
 
 DATA = Path(__file__).parent / "data"

@@ -11,19 +11,12 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from curate.difficulty import add_difficulty, difficulty_bin, solver_counts, write_difficulty
 from curate.errors import UserError
-from curate.metrics import (
-    add_difficulty,
-    accuracy,
-    difficulty_bin,
-    extract_mmstar,
-    extract_option_text,
-    mg_ml,
-    read_predictions,
-    score,
-    solver_counts,
-    write_difficulty,
-)
+from curate.mc import match_mmstar as extract_mmstar
+from curate.mc import match_option_text as extract_option_text
+from curate.metrics import accuracy, mg_ml
+from curate.results import read_predictions, score
 from curate.schema import ITEM_SCHEMA, LETTERS, conform
 from curate.workspace import Workspace
 
@@ -291,7 +284,7 @@ def test_difficulty_written_into_workspace(shared_data, tmp_path):
     ).with_columns(pl.lit(True).alias("blind"))  # a later-stage column that must survive
     ws = Workspace(tmp_path / "ws", create=True)
     ws.write("items", items.head(250))  # 50 predicted items were "dropped at ingest"
-    ws.write("screened", items.head(250))
+    ws.write("screened", items.head(250).with_columns(answer__m=pl.lit("A"), hits=pl.lit(1, pl.Int32), n_members=pl.lit(1, pl.Int32)))
     runs, hits = _model_runs(src, tmp_path, 6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -359,3 +352,31 @@ def test_cli_difficulty(shared_data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "easy" in res.stdout and "tough" in res.stdout
     assert pl.read_parquet(tmp_path / "ws" / "items.parquet")["difficulty"].null_count() == 0
+
+
+# -- MMStar's derived metrics and accuracy worked by hand (issue #15) --------------------------------
+def test_mg_and_ml_by_hand():
+    from curate.metrics import _derived
+
+    # MG = S_v - S_wv; ML = max(0, S_wv - S_t): a model that does worse without the image than text-only leaks nothing
+    assert _derived({"S_v": 60.0, "S_wv": 45.5, "S_t": 50.0}) == {"S_v": 60.0, "S_wv": 45.5, "S_t": 50.0, "MG": 14.5, "ML": 0.0}
+    assert _derived({"S_v": 60.0, "S_wv": 45.5, "S_t": 40.25}) == {"S_v": 60.0, "S_wv": 45.5, "S_t": 40.25, "MG": 14.5, "ML": 5.25}
+    assert _derived({"S_v": 33.333, "S_wv": 11.111}) == {"S_v": 33.333, "S_wv": 11.111, "MG": 22.22}  # rounded to 2 places
+    assert _derived({"S_v": 60.0, "S_wv": None, "S_t": 40.0}) == {"S_v": 60.0, "S_wv": None, "S_t": 40.0}
+    assert _derived({"S_wv": 50.0, "S_t": None}) == {"S_wv": 50.0, "S_t": None}
+
+
+def test_accuracy_and_accuracy_by_by_hand():
+    from curate.metrics import accuracy, accuracy_by
+
+    scored = pl.DataFrame({"hit": [True, False, True, False, True, True],
+                           "unextractable": [False, True, False, False, False, True],
+                           "category": ["b", "a", "b", None, "a", "a"]})
+    assert accuracy(scored) == {"n": 6, "hits": 4, "unextractable": 2, "accuracy": 66.67}  # 4 / 6, 2 places
+    assert accuracy(scored.head(0)) == {"n": 0, "hits": 0, "unextractable": 0, "accuracy": None}
+    assert accuracy_by(scored, "category") == {
+        "(none)": {"n": 1, "hits": 0, "unextractable": 0, "accuracy": 0.0},
+        "a": {"n": 3, "hits": 2, "unextractable": 2, "accuracy": 66.67},
+        "b": {"n": 2, "hits": 2, "unextractable": 0, "accuracy": 100.0},
+    }
+    assert list(accuracy_by(scored, "category")) == ["(none)", "a", "b"]

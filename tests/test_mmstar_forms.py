@@ -60,7 +60,7 @@ def expected(official) -> dict[str, dict]:
     return out
 
 
-def _check_items(items: pl.DataFrame, expected: dict[str, dict], *, questions: bool = True) -> None:
+def _check_items(items: pl.DataFrame, expected: dict[str, dict]) -> None:
     assert items.height == 1500
     got = {r["orig_index"]: r for r in items.iter_rows(named=True)}
     assert set(got) == set(expected)
@@ -69,8 +69,7 @@ def _check_items(items: pl.DataFrame, expected: dict[str, dict], *, questions: b
         assert item["options"] == want["options"], idx
         assert item["answer"] == want["answer"], idx
         assert item["category"] == want["category"] and item["l2_category"] == want["l2_category"], idx
-        if questions:
-            assert item["question"] == want["question"], idx
+        assert item["question"] == want["question"], idx
     flat = [o.lower() for opts in items["options"] for o in opts]
     assert "nan" not in flat and "" not in flat
 
@@ -230,7 +229,8 @@ def _mmstar_official_hit(prediction, answer) -> bool:
 def test_metrics_score_mmstar_files_as_mmstar_does(path):
     """`mmcurate metrics` on MMStar's published predictions gives MMStar's own score (LLaVA-Next-34B: 52.07,
     the paper's 52.1; VILA-8B: 42.00 as VLMEvalKit's file)."""
-    from curate.metrics import accuracy, read_predictions, score
+    from curate.metrics import accuracy
+    from curate.results import read_predictions, score
 
     df = pl.read_excel(path, infer_schema_length=0)
     want = 100 * sum(_mmstar_official_hit(p, a) for p, a in zip(df["prediction"], df["answer"])) / 1500

@@ -101,3 +101,26 @@ def test_run_config_paths_are_relative_to_the_file(tmp_path, shared_data):
     assert res.returncode == 0, res.stderr
     assert pl.read_parquet(tmp_path / "ws" / "items.parquet").height == 54
     assert not (tmp_path / "ws" / "screened.parquet").exists()
+
+
+def test_pipeline_yields_each_stage_and_prints_nothing(tmp_path, capsys):
+    """The library runs the stages and reports them as events (the CLI prints them): nothing reaches stdout or
+    stderr from curate.pipeline itself, a rerun reports the skip, and the closing ledger summary is the same
+    every run (ties among the top reasons broken by name)."""
+    import dataclasses
+
+    from curate.pipeline import Finished, Ingested, Note, StageStarted, demo_config, pipeline_steps
+
+    demo = demo_config(tmp_path / "ws")
+    cfg = dataclasses.replace(demo, sources=tuple(s for s in demo.sources if s.name in ("mmbench_samples.tsv", "flawed_rows.jsonl")))
+    events = list(pipeline_steps(cfg, until="ingest"))
+    assert [type(e) for e in events] == [StageStarted, Ingested, Finished]
+    assert events[0] == StageStarted(1, "ingest") and events[1].result.items == 55
+    summary = events[2].ledger
+    assert summary.columns == ["stage", "kept", "dropped", "quarantined", "top_reasons"]
+    # five flawed rows, each with its own reason (one count each): the first three by name
+    assert summary.rows() == [("ingest", 55, 1, 4, "answer_not_in_options 1, empty_question 1, image_missing 1")]
+    again = list(pipeline_steps(cfg, until="ingest"))
+    assert again[1] == Note("items.parquet exists: skipped (--fresh starts over)")
+    assert again[2].ledger.equals(summary)
+    assert capsys.readouterr() == ("", "")

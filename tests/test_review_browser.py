@@ -243,6 +243,9 @@ def test_three_reviewers_review_in_chromium_and_pull_records_exactly_their_verdi
     }
     suggested = {r["item_id"]: r["suggested_l2_category"] for r in rows.values()}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for shot in ("review_single_image.png", "review_multi_image.png"):  # a stale screenshot must not pass the end
+        (ARTIFACTS / shot).unlink(missing_ok=True)
+    first_reviewer_checks: set[str] = set()  # the per-item checks of the first reviewer below: each must run
     for n_reviewer, email in enumerate(REVIEWERS):
         password = logins[email]
         d = _driver(Path(tempfile.mkdtemp(dir=tmp_path)))
@@ -277,13 +280,16 @@ def test_three_reviewers_review_in_chromium_and_pull_records_exactly_their_verdi
                     # one screen: every control of a single-image 4-option task above 900 px
                     assert max(r["bottom"] for r in radios.values()) <= 900, sorted((r["bottom"], t) for t, r in radios.items())[-3:]
                     assert page["submitBottom"] is not None and page["submitBottom"] <= 900
+                    first_reviewer_checks.add("one screen")
                 if n_reviewer == 0 and item_id == mm:
                     d.save_screenshot(str(ARTIFACTS / "review_multi_image.png"))
+                    first_reviewer_checks.add("multi-image")
                 if n_reviewer == 0 and item_id == s2:
                     # "key wrong" opens the corrected key with this item's letters only
                     _press(d, "x")
                     opts = _until("the corrected-key letters", lambda: [t for t in _radios(d) if len(t) == 1] or None)
                     assert opts == list("ABCD")
+                    first_reviewer_checks.add("corrected key")
                     _press(d, "k")  # undo by choosing "key is right"; the plan below sets it again
                 _answer(d, row, plans[email][item_id])
                 seen.append(item_id)
@@ -295,6 +301,7 @@ def test_three_reviewers_review_in_chromium_and_pull_records_exactly_their_verdi
         finally:
             d.quit()
 
+    assert first_reviewer_checks == {"one screen", "multi-image", "corrected key"}
     st = client.status(pushed.project_id, PROJECT, min_reviewers=3)
     assert st.per_annotator == {e: 3 for e in REVIEWERS} and st.short_items == []
     result = pull(ws, client, PROJECT, min_reviewers=3)

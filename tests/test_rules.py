@@ -97,32 +97,34 @@ def test_config_defaults_and_from_dict_whole_file_or_table():
     assert RuleConfig().digest() != cfg.digest()
 
 
-def test_config_unknown_key_names_key_value_and_suggestion():
+def test_config_unknown_key_names_file_key_and_suggestion():
     with pytest.raises(UserError) as err:
         RuleConfig.from_dict({"rules": {"near_dup_threshold": 0.8}}, source="panel.toml")
     msg = str(err.value)
-    assert "panel.toml" in msg and "'near_dup_threshold'" in msg and "0.8" in msg
-    assert "Did you mean 'near_duplicate_threshold'" in msg
+    assert msg.startswith("panel.toml: unknown key 'near_dup_threshold' in [rules]"), msg
+    assert "(did you mean 'near_duplicate_threshold'?)" in msg and "valid keys: enabled, drop" in msg
 
 
 @pytest.mark.parametrize(
     "table, key, fix",
     [
         ({"near_duplicate_threshold": 1.5}, "near_duplicate_threshold", "(0, 1]"),
-        ({"phash_max_distance": -1}, "phash_max_distance", "0..32"),
+        ({"phash_max_distance": -1}, "phash_max_distance", "an integer in [0, 32]"),
         ({"enabled": ["answer_leek"]}, "enabled", "did you mean 'answer_leak'"),
         ({"enabled": ["malformed"], "drop": ["answer_leak"]}, "drop", "add it to enabled or remove it from drop"),
-        ({"drop_trap_options": "yes"}, "drop_trap_options", "true or false"),
+        ({"drop_trap_options": "yes"}, "drop_trap_options", "a boolean (true/false)"),
         ({"near_duplicate_ngram": [5, 3]}, "near_duplicate_ngram", "[3, 5]"),
         ({"near_duplicate_question_threshold": 0}, "near_duplicate_question_threshold", "(0, 1]"),
-        ({"leak_fields": ["answer"]}, "leak_fields", '["question", "hint"]'),
+        ({"leak_fields": ["answer"]}, "leak_fields", "values from 'question', 'hint'; 'answer' is not one of them"),
+        ({"leak_fields": []}, "leak_fields", "a non-empty list of values from 'question', 'hint'"),
+        ({"leak_min_answer_chars": True}, "leak_min_answer_chars", "an integer >= 1, e.g. 2"),
     ],
 )
 def test_config_bad_values_name_key_value_and_fix(table, key, fix):
     with pytest.raises(UserError) as err:
         RuleConfig.from_dict({"rules": table}, source="panel.toml")
     msg = str(err.value)
-    assert msg.startswith("panel.toml [rules]: " + key + " = "), msg
+    assert msg.startswith(f"panel.toml: rules.{key} = "), msg  # file, parameter, value ...
     assert fix in msg
 
 

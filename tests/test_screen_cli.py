@@ -60,7 +60,7 @@ def test_panel_typo_is_one_line(tmp_path):
     panel = tmp_path / "panel.toml"
     panel.write_text('[panel]\nmax_hit = 1\n[[member]]\nname = "m"\nmodel = "package:smollm2-135m-instruct"\n')
     line = one_error_line(run_screen(str(ws), "--panel", str(panel)))
-    assert str(panel) in line and "panel.max_hit" in line and "max_hits" in line
+    assert str(panel) in line and "unknown key 'max_hit' in [panel]" in line and "did you mean 'max_hits'" in line, line
 
 
 def test_missing_model_path_is_one_line(tmp_path):

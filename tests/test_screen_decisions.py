@@ -344,3 +344,152 @@ def test_results_do_not_depend_on_what_the_cache_already_held(tmp_path):
     asked_again = set(HISTORY[rep.members[0].identity])
     assert not any(f"picture {i}?" in t for t in asked_again for i in range(15))  # nothing asked twice
     assert rep.members[0].cached > 0 and rep.members[0].asked + rep.members[0].cached == rep.members[0].asks
+
+
+# -- the verdict arithmetic on its own, worked by hand -----------------------------------------------
+def test_poisson_binomial_tail_by_hand():
+    from filters.screen import _above
+
+    assert _above([0.5, 0.5], 0) == 0.75  # P(at least one of two fair coins)
+    assert _above([0.5, 0.5], 1) == 0.25  # P(both)
+    assert _above([0.5, 0.5], 2) == 0.0
+    assert _above([0.2, 0.5, 1.0], 1) == pytest.approx(1 - 0.8 * 0.5)  # the sure one plus at least one more
+    assert _above([0.2, 0.5, 1.0], 0) == 1.0
+    assert _above([0.3], 0) == pytest.approx(0.3) and _above([], 0) == 0.0
+
+
+def test_blind_chance_averages_the_tail_over_candidate_keys_by_hand():
+    from filters.screen import _blind_chance
+
+    m1 = [[1.0, 0.0, 0.0, 0.0], None, [0.5, 0.0], []]
+    m2 = [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0], []]
+    # item 0, threshold 0: keys A and B each make one member hit -> 2 of 4 keys; threshold 1: no key makes both hit
+    # item 1: m1 has no answer -> unknown; item 2: key A with m1's survival 0.5 -> (0.5 + 0) / 2; item 3: no options
+    assert _blind_chance([m1, m2], 4, 0) == [0.5, None, 0.25, None]
+    assert _blind_chance([m1, m2], 4, 1) == [0.0, None, 0.0, None]
+    assert _blind_chance([], 2, 0) == [0.0, 0.0]  # no member counts: nothing is ever dropped
+
+
+def test_blind_score_is_the_mean_calibrated_key_probability_by_hand():
+    from filters.screen import _blind_score
+
+    answers = ["B", "Z", None, "A", "C"]
+    m1 = [[0.1, 0.6, 0.2, 0.1], [0.25] * 4, [0.5, 0.5], None, [0.5, 0.5]]
+    m2 = [[0.2, 0.4, 0.2, 0.2], None, None, None, [0.1, 0.2, 0.7]]
+    # item 0: (0.6 + 0.4) / 2; "Z" and None are no keys; item 3: nobody has probabilities;
+    # item 4: key C is not among m1's two options, so only m2 counts
+    assert _blind_score(answers, [m1, m2]) == [pytest.approx(0.5), None, None, None, pytest.approx(0.7)]
+
+
+def test_asks_per_item_under_each_rotation_rule():
+    from filters.screen import _max_asks, _shifts
+
+    assert [_max_asks(n, "adaptive") for n in (0, 2, 4)] == [0, 2, 4]
+    assert [_max_asks(n, 3) for n in (0, 2, 4)] == [0, 2, 3]
+    assert _max_asks(4, 1) == 1 and _shifts(4, 3) == [0, 1, 2] and _shifts(2, "adaptive") == [0, 1]
+
+
+# -- score_prompts: cache, batches, answers in input order ---------------------------------------------
+SCORE_SCRIPT = {"rules": [{"match": "capital of France", "text": "Paris", "p": 0.7},
+                          {"match": "Tell me", "reply": "The answer is (B)."}],
+                "default": {"letter": "A", "p": 0.4}}
+
+
+class PaddedScripted(ScriptedBackend):
+    """The same scripted answers from a backend that pads its batches (like transformers): a batch that
+    is not wholly cached is run whole, so its neighbours -- and every number -- never depend on the cache."""
+
+    batch_independent = False
+
+
+def _prompts(rows):
+    return [build_prompt(q, opts) for q, opts in rows], [opts for _, opts in rows]
+
+
+def test_score_prompts_answers_in_input_order_and_counts_its_work(tmp_path):
+    from filters.cache import ResponseCache
+    from filters.scoring import score_prompts
+
+    member = panel_from_dict({"panel": {"control_size": 0}, "member": [
+        {"name": "m", "backend": "scripted", "model": SCORE_SCRIPT, "batch_size": 2}]}).members[0]
+    france = ("Which city is the capital of France?", ["Rome", "Paris", "Oslo", "Bern"])
+    yesno = ("Is the sky green in the image?", ["yes", "no"])
+    car = ("What colour is the car in the image?", ["red", "blue", "green", "white"])
+    prompts, opts = _prompts([france, yesno, france, car])  # one request twice
+    backend = ScriptedBackend(member)
+    stats, advanced = {}, []
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        got = score_prompts(backend, prompts, opts, cache, advance=advanced.append, stats=stats)
+        # France: 0.7 on Paris (B), 0.1 each elsewhere; the rest: 0.4 on A, the remainder shared
+        assert [r.letter for r in got] == ["B", "B", "B", "A"] and all(r.raw is None for r in got)
+        assert got[0].probs == pytest.approx((0.1, 0.7, 0.1, 0.1)) and got[2] == got[0]
+        assert got[1].probs == pytest.approx((0.4, 0.6))  # 2 options: 0.4 on A leaves 0.6 to B, which wins
+        assert got[3].probs == pytest.approx((0.4, 0.2, 0.2, 0.2))
+        assert (stats["asked"], stats["cached"]) == (3, 0) and stats["seconds"] >= 0 and sum(advanced) == 3
+        assert len(backend.asked) == 3  # the repeated request asked once
+        # again, with one new request: only that one is asked (an independent backend)
+        more, more_opts = _prompts([france, yesno, car, ("Which city is the capital of France? Really?", france[1])])
+        stats2 = {}
+        again = score_prompts(backend, more, more_opts, cache, stats=stats2)
+        assert [r.letter for r in again] == ["B", "B", "A", "B"] and (stats2["asked"], stats2["cached"]) == (1, 3)
+        assert len(backend.asked) == 4
+    # a padding backend runs a batch that is not wholly cached whole: 2 asked, though 1 was cached
+    padded = PaddedScripted(member)
+    with ResponseCache(tmp_path / "p.sqlite") as cache:
+        score_prompts(padded, *_prompts([car]), cache)
+        stats3, advanced3 = {}, []
+        two = score_prompts(padded, *_prompts([car, france]), cache, stats=stats3, advance=advanced3.append)
+        assert [r.letter for r in two] == ["A", "B"] and (stats3["asked"], stats3["cached"]) == (2, 1)
+        assert len(padded.asked) == 3 and sum(advanced3) == 2
+        stats4, advanced4 = {}, []
+        score_prompts(padded, *_prompts([car, france]), cache, stats=stats4, advance=advanced4.append)
+        assert (stats4["asked"], stats4["cached"]) == (0, 2) and sum(advanced4) == 2 and len(padded.asked) == 3
+
+
+def test_score_prompts_generate_extracts_the_letter_from_the_reply(tmp_path):
+    from filters.cache import ResponseCache
+    from filters.scoring import score_prompts
+
+    member = panel_from_dict({"panel": {"control_size": 0}, "member": [
+        {"name": "g", "backend": "scripted", "model": SCORE_SCRIPT, "method": "generate"}]}).members[0]
+    prompts, opts = _prompts([("Tell me which fruit is in the image", ["apple", "pear", "plum"]),
+                              ("What colour is the car in the image?", ["red", "blue", "green", "white"])])
+    with ResponseCache(tmp_path / "g.sqlite") as cache:
+        got = score_prompts(ScriptedBackend(member), prompts, opts, cache)
+    assert [(r.letter, r.probs, r.raw) for r in got] == [("B", None, "The answer is (B)."), ("A", None, "A")]
+
+
+def test_softmax_by_hand_and_far_from_zero():
+    from filters.scoring import softmax
+
+    assert softmax([math.log(0.2), math.log(0.3), math.log(0.5)]) == pytest.approx((0.2, 0.3, 0.5))
+    # log-probabilities far from 0 either way: subtracting the maximum keeps exp() finite and the sum non-zero
+    assert softmax([1000.0, 1000.0 + math.log(3)]) == pytest.approx((0.25, 0.75))
+    assert softmax([-1000.0, -1000.0 - math.log(3)]) == pytest.approx((0.75, 0.25))
+
+
+def test_screen_ledger_reason_codes_by_hand():
+    screened = pl.DataFrame({
+        "source_file": ["t.tsv"] * 5, "row": [1, 2, 3, 4, 5], "item_id": ["a", "b", "c", "d", "e"],
+        "blind": [False, True, True, False, False], "rule_drop": [False, False, True, True, None],
+        "rule_reason": [None, None, "answer_leak: key in the question; malformed: two options equal", "malformed: x", None],
+        "screen_error": [None, None, None, None, "ValueError: too long"],
+        "screen_reason": [None, "blind: 2 of 2", "blind: 1 of 2", None, None], "panel_hash": ["h1"] * 5,
+        "screened_as": ["a", "b", "c", "a", "e"], "group_reason": [None, None, None, "circular copy", None],
+    })
+    led = screen_ledger(screened)
+    assert led.columns == ["source_file", "row", "item_id", "status", "reason", "detail"]
+    assert led["row"].to_list() == [1, 2, 3, 4, 5]
+    assert led["status"].to_list() == ["kept", "dropped", "dropped", "dropped", "dropped"]
+    assert led["reason"].to_list() == [None, "blind_answerable", "blind_answerable+rules:answer_leak,malformed",
+                                       "rules:malformed", "unaskable"]  # an unaskable item is never "kept"
+    assert led["detail"].to_list() == ["kept by every filter [panel h1]", "blind: 2 of 2 [panel h1]",
+                                       "blind: 1 of 2 [panel h1]",
+                                       "kept by every filter [panel h1] (answers of a: circular copy)",
+                                       "kept by every filter [panel h1]"]
+    # without the optional columns: no rule codes, no provenance columns; a copy without a group reason is a "copy"
+    bare = screened.select("item_id", "blind", "screen_reason", "panel_hash", "screened_as")
+    led2 = screen_ledger(bare)
+    assert led2.columns == ["item_id", "status", "reason", "detail"]
+    assert led2["reason"].to_list() == [None, "blind_answerable", "blind_answerable", None, None]
+    assert led2["detail"][3] == "kept by every filter [panel h1] (answers of a: copy)"

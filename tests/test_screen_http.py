@@ -211,7 +211,7 @@ def test_base_url_list_is_read_and_hashes_like_a_string():
     ({"base_url": ["http://a/v1", 3]}, "must be a URL string"),
     ({"base_url": ["a:8000/v1"]}, "http:// or https://"),
     ({"base_url": "http://a/v1", "api": "chats"}, "did you mean 'chat'"),
-    ({"base_url": 5}, "must be a str or list"),
+    ({"base_url": 5}, "base_url = 5 is invalid; it must be a string or list"),
 ])
 def test_base_url_list_mistakes_name_the_field(kw, says):
     with pytest.raises(UserError, match=re.escape(says)):

@@ -18,7 +18,8 @@ import polars as pl
 import pytest
 
 from curate.schema import ITEM_SCHEMA, LETTERS, conform
-from filters.competence import control_items, wilson_interval
+from curate.stats import wilson_interval
+from filters.competence import control_items
 from filters.panel import load_panel
 from filters.screen import screen_with_report
 

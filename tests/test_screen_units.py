@@ -12,7 +12,8 @@ import pytest
 
 from curate.errors import UserError
 from filters.cache import ResponseCache, request_key
-from filters.competence import Competence, is_hit, summarise, wilson_interval
+from curate.stats import wilson_interval
+from filters.competence import Competence, is_hit, summarise
 from filters.panel import load_panel, panel_from_dict
 from filters.prompts import build_prompt, chat_messages, fewshot_prefix, rotate
 from filters.scoring import Response, extract_answer, plan_batches, softmax
@@ -42,18 +43,18 @@ def test_typo_in_member_field_names_file_field_and_fix(tmp_path):
     with pytest.raises(UserError) as e:
         load_panel(p)
     msg = str(e.value)
-    assert str(p) in msg and "member[1] (m).methd" in msg and "did you mean 'method'" in msg
+    assert msg.startswith(f"{p}: unknown key 'methd' in member[1] (m) (did you mean 'method'?)"), msg
     assert "\n" not in msg
 
 
 def test_typo_in_panel_field_and_bad_values(tmp_path):
-    with pytest.raises(UserError, match=r"panel\.max_hit .*did you mean 'max_hits'"):
+    with pytest.raises(UserError, match=r"unknown key 'max_hit' in \[panel\] \(did you mean 'max_hits'\?\)"):
         load_panel(write(tmp_path, "[panel]\nmax_hit = 2\n" + MEMBER))
-    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.backend = 'vllm' is not one of"):
+    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.backend = 'vllm' is invalid; it must be one of 'auto', "):
         load_panel(write(tmp_path, MEMBER + 'backend = "vllm"\n'))
-    with pytest.raises(UserError, match=r"shots = 5 must be 0 or 2"):
+    with pytest.raises(UserError, match=r"shots = 5 is invalid; it must be one of 0, 2"):
         load_panel(write(tmp_path, MEMBER + "shots = 5\n"))
-    with pytest.raises(UserError, match=r"max_hits = 'two' must be a int"):
+    with pytest.raises(UserError, match=r"panel\.max_hits = 'two' is invalid; it must be an integer >= 0"):
         load_panel(write(tmp_path, '[panel]\nmax_hits = "two"\n' + MEMBER))
     with pytest.raises(UserError, match="not valid TOML"):
         load_panel(write(tmp_path, "[panel\n"))
@@ -64,19 +65,19 @@ def test_typo_in_panel_field_and_bad_values(tmp_path):
 def test_rotations_adaptive_or_int_and_member_margin_and_rates(tmp_path):
     assert load_panel(write(tmp_path, MEMBER)).rotations == "adaptive"  # the default
     assert load_panel(write(tmp_path, "[panel]\nrotations = 4\n" + MEMBER)).rotations == 4
-    with pytest.raises(UserError, match=r"panel\.rotations = 'adaptve' must be an int >= 1 or \"adaptive\" \(did you mean 'adaptive'\?\)"):
+    with pytest.raises(UserError, match=r"panel\.rotations = 'adaptve' is invalid; it must be an integer >= 1 or 'adaptive' .*\(did you mean 'adaptive'\?\)"):
         load_panel(write(tmp_path, '[panel]\nrotations = "adaptve"\n' + MEMBER))
-    with pytest.raises(UserError, match=r"panel\.rotations = 0 must be >= 1"):
+    with pytest.raises(UserError, match=r"panel\.rotations = 0 is out of range; it must be an integer >= 1 or 'adaptive' \(1 means no rotation\)"):
         load_panel(write(tmp_path, "[panel]\nrotations = 0\n" + MEMBER))
-    with pytest.raises(UserError, match=r"rotations = 1.5 must be a int or str"):
+    with pytest.raises(UserError, match=r"rotations = 1.5 is invalid; it must be an integer >= 1 or 'adaptive'"):
         load_panel(write(tmp_path, "[panel]\nrotations = 1.5\n" + MEMBER))
     m = load_panel(write(tmp_path, MEMBER + "margin = 0.25\nfalse_hit_rate = 0.02\nrecall = 0.8\n")).members[0]
     assert (m.margin, m.false_hit_rate, m.recall) == (0.25, 0.02, 0.8)
-    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.margin = 1.5 must be in \[0, 1\)"):
+    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.margin = 1.5 is out of range; it must be a number in \[0, 1\)"):
         load_panel(write(tmp_path, MEMBER + "margin = 1.5\n"))
-    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.recall = 2 must be in \[0, 1\]"):
+    with pytest.raises(UserError, match=r"member\[1\] \(m\)\.recall = 2 is out of range; it must be a number in \[0, 1\]"):
         load_panel(write(tmp_path, MEMBER + "recall = 2\n"))
-    with pytest.raises(UserError, match=r"false_hit_rate = 'low' must be a float"):
+    with pytest.raises(UserError, match=r"false_hit_rate = 'low' is invalid; it must be a number in \[0, 1\]"):
         load_panel(write(tmp_path, MEMBER + 'false_hit_rate = "low"\n'))
 
 
@@ -241,3 +242,98 @@ def test_competence_flags_a_member_that_always_says_a():
     assert c.prior is not None and math.isclose(c.prior[0], 0.9)
     knows = [Response(it["answer"], None, it["answer"]) for it in items]
     assert not summarise("m", items, knows).at_chance
+
+
+# -- competence, worked by hand (issue #15: every decision against a known answer) ------------------
+def _wilson_by_quadratic(k: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson's interval as the two roots p of (k/n - p)^2 = z^2 p (1 - p) / n: an independent rule."""
+    a, b, c = 1 + z * z / n, -(2 * k / n + z * z / n), (k / n) ** 2
+    root = math.sqrt(b * b - 4 * a * c)
+    return (-b - root) / (2 * a), (-b + root) / (2 * a)
+
+
+@pytest.mark.parametrize(("k", "n"), [(10, 40), (3, 7), (1, 100), (0, 12), (12, 12)])
+def test_wilson_interval_is_the_roots_of_the_score_equation(k, n):
+    # bug caught: any slip in the centre or half-width (z^2/2n, z^2/4n^2, the denominator)
+    want = _wilson_by_quadratic(k, n, 1.959964)
+    got = wilson_interval(k, n)
+    assert math.isclose(got[0], max(0.0, want[0]), abs_tol=1e-12) and math.isclose(got[1], min(1.0, want[1]), abs_tol=1e-12)
+    assert got[0] >= 0.0 and got[1] <= 1.0
+    assert (got[0] == 0.0) == (k == 0) and (got[1] == 1.0) == (k == n)
+    z1 = wilson_interval(k, n, z=1.0)  # z is used, not a constant: a narrower interval at 68 %
+    assert z1[0] >= got[0] and z1[1] <= got[1] and z1 != got
+
+
+def test_summarise_counts_bias_prior_and_chance_by_hand():
+    items = [{"options": ["a", "b", "c", "d"], "answer": "B"}, {"options": ["a", "b", "c", "d"], "answer": "A"},
+             {"options": ["a", "b"], "answer": "A"}, {"options": ["a", "b", "c"], "answer": "C"}]
+    responses = [Response("B", (0.1, 0.6, 0.2, 0.1), None),  # right
+                 Response("B", (0.3, 0.5, 0.1, 0.1), None),  # wrong
+                 Response("A", (0.8, 0.2), None),  # right, 2 options: not in the 4-option prior
+                 Response(None, None, "no idea")]  # a generated reply matching no option: wrong, "none"
+    c = summarise("m", items, responses)
+    assert (c.member, c.n, c.correct, c.accuracy) == ("m", 4, 2, 0.5)
+    assert c.letter_bias == {"A": 0.25, "B": 0.5, "none": 0.25} and list(c.letter_bias) == ["A", "B", "none"]
+    assert c.prior is not None and all(math.isclose(x, y) for x, y in zip(c.prior, (0.2, 0.55, 0.15, 0.1), strict=True))
+    assert math.isclose(c.chance, (1 / 4 + 1 / 4 + 1 / 2 + 1 / 3) / 4)
+    assert (c.ci_low, c.ci_high) == wilson_interval(2, 4)
+    assert summarise("m", items, [Response("A", None, "A")] * 4).prior is None  # generate members: no prior
+    empty = summarise("m", [], [])
+    assert (empty.n, empty.chance, empty.letter_bias, empty.prior, empty.at_chance) == (0, 0.25, {}, None, True)
+    assert math.isnan(empty.accuracy)
+
+
+def test_at_chance_is_an_interval_that_reaches_chance_inclusive():
+    # bug caught: `<` for `<=` (an interval that touches chance is no evidence of knowledge)
+    def comp(lo: float, n: int = 40) -> Competence:
+        return Competence("m", n, 20, 0.25, lo, 0.9)
+
+    assert comp(0.25).at_chance and comp(0.2).at_chance and not comp(0.2500001).at_chance
+    assert comp(0.5, n=0).at_chance
+    d = Competence("m", 40, 20, 0.25, 0.3, 0.7, {"A": 1.0}, (0.4, 0.2, 0.2, 0.2)).as_dict()
+    assert d == {"member": "m", "n": 40, "correct": 20, "accuracy": 0.5, "ci_low": 0.3, "ci_high": 0.7, "chance": 0.25,
+                 "at_chance": False, "letter_bias": {"A": 1.0}, "prior": [0.4, 0.2, 0.2, 0.2]}
+    assert Competence("m", 0, 0, 0.25, 0.0, 1.0).as_dict()["prior"] is None
+
+
+def test_calibration_divides_by_the_prior_and_renormalises():
+    from filters.competence import calibrated
+
+    prior = Competence("m", 40, 20, 0.25, 0.3, 0.7, {}, (0.4, 0.2, 0.2, 0.2))
+    # (0.4/0.4, 0.3/0.2, 0.2/0.2, 0.1/0.2) = (1, 1.5, 1, 0.5), sum 4
+    got = calibrated((0.4, 0.3, 0.2, 0.1), prior)
+    assert len(got) == 4 and all(math.isclose(x, y) for x, y in zip(got, (0.25, 0.375, 0.25, 0.125)))
+    assert calibrated((0.5, 0.5), prior) == (0.5, 0.5)  # another option count: left as it is
+    assert calibrated((0.4, 0.3, 0.2, 0.1), None) == (0.4, 0.3, 0.2, 0.1)
+    assert calibrated((0.4, 0.3, 0.2, 0.1), Competence("m", 40, 20, 0.25, 0.3, 0.7)) == (0.4, 0.3, 0.2, 0.1)
+    # a position the member never chose on the controls (prior 0) is not a division by zero
+    zero = Competence("m", 40, 20, 0.25, 0.3, 0.7, {}, (0.5, 0.5, 0.0, 0.0))
+    assert calibrated((0.5, 0.5, 0.0, 0.0), zero) == (0.5, 0.5, 0.0, 0.0)
+
+
+def test_accepted_takes_the_calibrated_winner_at_margin_inclusive():
+    from filters.competence import accepted
+
+    # 1/4 + 0.25 = 0.5 exactly: a winner at exactly the bar is accepted, just under it is not
+    at_bar = Response("A", (0.5, 0.25, 0.125, 0.125), None)
+    assert accepted(at_bar, 4, None, margin=0.25, corrected=True) == 0
+    assert accepted(at_bar, 4, None, margin=0.2500001, corrected=True) is None
+    assert accepted(Response("C", (0.125, 0.125, 0.5, 0.25), None), 4, None, margin=0.25, corrected=True) == 2
+    # a tie goes to the earlier option, whose letter the raw answer also names
+    assert accepted(Response("A", (0.4, 0.4, 0.1, 0.1), None), 4, None, margin=0.0, corrected=True) == 0
+    assert accepted(Response("B", (0.1, 0.4, 0.4, 0.1), None), 4, None, margin=0.0, corrected=True) == 1
+    # 3 options: the bar is 1/3 + margin
+    assert accepted(Response("B", (0.2, 0.45, 0.35), None), 3, None, margin=0.1, corrected=True) == 1
+    assert accepted(Response("B", (0.2, 0.43, 0.37), None), 3, None, margin=0.1, corrected=True) is None
+    # uncorrected, or no probabilities: the letter, if it names one of the item's options
+    assert accepted(at_bar, 4, None, margin=0.9, corrected=False) == 0
+    assert accepted(Response("D", None, "D"), 4, None, margin=0.9, corrected=True) == 3
+    assert accepted(Response("E", None, "E"), 4, None, margin=0.0, corrected=False) is None
+    assert accepted(Response(None, None, "?"), 4, None, margin=0.0, corrected=True) is None
+
+
+def test_is_hit_needs_the_key_among_the_items_letters():
+    # letter "E" on a 4-option item with key "E" (a corrupt key) is no hit
+    assert not is_hit(Response("E", None, "E"), "E", 4, None, margin=0.0, corrected=False)
+    assert is_hit(Response("E", None, "E"), "E", 5, None, margin=0.0, corrected=False)
+    assert not is_hit(Response("A", (0.6, 0.2, 0.1, 0.1), None), "B", 4, None, margin=0.1, corrected=True)

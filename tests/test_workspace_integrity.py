@@ -55,7 +55,8 @@ def test_a_failing_run_leaves_the_workspace_as_it_was(tmp_path, shared_data):
     before = {p.name: p.read_bytes() for p in ws.root.iterdir() if p.is_file() and p.name != ".lock"}
     with pytest.raises(RuntimeError):
         with ws.transaction() as tx:
-            ws.write("screened", ws.read("items").head(3))
+            ws.write("screened", ws.read("items").head(3).with_columns(answer__m=pl.lit("A"), hits=pl.lit(0, pl.Int32),
+                                                                       n_members=pl.lit(1, pl.Int32), blind=pl.lit(False)))
             ws.record("screen", ws.read("items").head(3).select("source_file", "row", "item_id", status=pl.lit("kept")))
             assert ws.read("screened").height == 3 and ws.ledger().filter(pl.col("stage") == "screen").height == 3  # the run sees its own writes
             assert not (ws.root / "screened.parquet").exists()  # nobody else does
@@ -209,7 +210,7 @@ def test_export_of_screened_stage_writes_only_what_the_card_says(tmp_path, share
     n = items.height
     blind = pl.int_range(pl.len()) < 5
     flagged = (pl.int_range(pl.len()) >= 5) & (pl.int_range(pl.len()) < 8)
-    ws.write("screened", items.with_columns(blind=blind, hits=blind.cast(pl.Int32), n_members=pl.lit(1, pl.Int32),
+    ws.write("screened", items.with_columns(blind=blind, hits=blind.cast(pl.Int32), n_members=pl.lit(1, pl.Int32), answer__m=pl.lit("A"),
                                             rule_drop=flagged, rule_reason=pl.when(flagged).then(pl.lit("malformed: x"))))
     res = export_release(ws.root, tmp_path / "rel", fmt="jsonl", stage="screened", allow_no_image=True, ignore_check=True)
     lines = (tmp_path / "rel" / "rel.jsonl").read_text().splitlines()

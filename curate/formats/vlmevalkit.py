@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import sqlite3
 import sys
 import tempfile
@@ -77,6 +78,12 @@ def _split_images(cell: str) -> list[str]:
 
 
 def read_tsv(path: Path, opts: ReadOptions, *, delimiter: str = "\t") -> Iterator[SourceRow]:
+    """Rows of a TSV (or, with ``delimiter=","``, CSV) file with a header.
+
+    A properly quoted cell may hold line breaks and delimiters (a CSV question with a comma on its
+    second line, a table in a model's reply); only rows glued by a stray quote are re-read line by
+    line (see ``_swallowed``), so ingest and ``curate.results`` read the same way.
+    """
     raw_header = _raw_header(path, delimiter)
     header = [h.strip() for h in raw_header]
     image_col = next((c for c in (opts.column_map.get("image"), *IMAGE_COLUMNS) if c and c in header), None)
@@ -116,18 +123,52 @@ class _LineTap:
 
 
 def _swallowed(fields: list[str], lines: list[str], n_columns: int, delimiter: str) -> bool:
-    """Whether one csv record of the right length is really several lines glued by an unbalanced quote.
+    """Whether one csv record over several lines is really several rows glued by an unbalanced quote.
 
-    A record over several lines is normal when a quoted cell holds a line break. It is a
-    swallow when a cell holds a line break *and* the delimiter (a quoted run over whole
-    lines, which no real question cell looks like). Records of the wrong length are always
-    re-read line by line by ``_rows``.
+    A record over several lines is normal when a quoted cell holds a line break, and such a cell
+    may hold the delimiter too (a CSV question whose options line has commas): one good row. A
+    stray ``"`` at the start of a cell instead opens a quote that runs over whole rows until some
+    later ``"`` ends it. That leaves one of three marks, each impossible for a well-quoted cell:
+
+    - the record's field count is not the header's (the closing quote sat in another column);
+    - the record is not well-formed CSV: its quote never closes, or a quote ends the cell with
+      more text after it (the closing ``"`` was another cell's stray one or a quote mid-text);
+    - the quote closed at a cell's end in the same column: then the record's first and last
+      lines are each a whole row (the header's field count when split on the delimiter) and
+      every line after the first starts with an index-like cell -- rows, glued whole.
     """
     if len(lines) < 2:
         return False
-    if len(fields) != n_columns:
+    if len(fields) != n_columns or not _well_formed(lines, delimiter):
         return True
-    return any("\n" in f and delimiter in f for f in fields)
+    return _rows_glued_whole(lines, n_columns, delimiter)
+
+
+def _well_formed(lines: list[str], delimiter: str) -> bool:
+    """Whether the raw record parses under strict CSV rules (every quote closed, and a closing
+    quote followed only by the delimiter or the line end), as every CSV/TSV writer produces."""
+    try:
+        for _ in csv.reader(io.StringIO("".join(lines)), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error:
+        return False
+    return True
+
+
+def _rows_glued_whole(lines: list[str], n_columns: int, delimiter: str) -> bool:
+    """Whether the physical lines of a record look like rows of their own: the first and last
+    split into the header's field count and each later line opens with an index-like cell."""
+    text = [ln.rstrip("\r\n") for ln in lines]
+    if any(len(t.split(delimiter)) != n_columns for t in (text[0], text[-1])):
+        return False
+    return all(_index_like(t.split(delimiter, 1)[0]) for t in text[1:] if t.strip())
+
+
+def _index_like(cell: str) -> bool:
+    """A short token with a digit (``12``, ``"validation_Art_3"``): how a row's key cell looks,
+    and how a continued line of question text (``Options: A: 1, B: 2``) rarely starts."""
+    token = cell.strip().strip('"').strip()
+    return 0 < len(token) <= REF_MAX_LEN and any(ch.isdigit() for ch in token) and not any(ch.isspace() for ch in token)
 
 
 def _rows(path: Path, delimiter: str, header: list[str], image_col: str | None, shared) -> Iterator[SourceRow]:

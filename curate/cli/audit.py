@@ -5,29 +5,22 @@ Thin commands: map flags, call ``curate.audit`` / ``curate.metrics``, print a ri
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
-from curate.console import log_console, safe
 
+from curate.cli._common import err, out, pct, print_json, warn
+from curate.console import safe
 from curate.errors import UserError
-
-out = log_console()
-err = log_console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
     app.command("audit")(audit_cmd)
     app.command("metrics")(metrics_cmd)
     app.command("difficulty")(difficulty_cmd)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def audit_cmd(
@@ -45,7 +38,7 @@ def audit_cmd(
     results: Annotated[Optional[list[Path]], typer.Option("--results", help="Model result files (VLMEvalKit .xlsx/.tsv, one per model; repeat the option): the report adds suspect keys, discriminability and the no-model/every-model shares.")] = None,
 ) -> None:
     """Screen a benchmark with a text-only panel and write an HTML report of how much is answerable blind."""
-    from curate.audit import audit, headline, pct_range, projection_line, prompts_line, throughput_line
+    from curate.audit import audit
 
     summary = audit(
         sources, panel=panel, report_dir=report, compare=compare, limit=limit,
@@ -53,6 +46,14 @@ def audit_cmd(
         cache_path=cache,
         **({"results": results} if results else {}),  # curate.audit.audit(results=...), issue #18
     )
+    print_audit(summary, report)
+
+
+def print_audit(summary: dict, report: Path) -> None:
+    """The headline, notes, the per-source table and the lines on prompts, throughput, comparison and item statistics."""
+    from curate.audit_summary import headline, pct_range, prompts_line
+    from curate.throughput import projection_line, throughput_line
+
     if summary.get("sample"):
         smp = summary["sample"]
         out.print(f"a random sample of {smp['n']:,} of {smp['of']:,} items (stratified by source, seed {smp['seed']})")
@@ -67,7 +68,7 @@ def audit_cmd(
         table.add_column(col, justify="left" if col == "source" else "right")
     for name, g in summary["by_source"].items():
         bc = g.get("beyond_chance") or {}
-        table.add_row(safe(name), str(g["n"]), str(g["k"]), _pct(g["share"]), _pct(bc.get("chance")), _pct(bc.get("share")), pct_range(bc.get("lo"), bc.get("hi")))
+        table.add_row(safe(name), str(g["n"]), str(g["k"]), pct(g["share"]), pct(bc.get("chance")), pct(bc.get("share")), pct_range(bc.get("lo"), bc.get("hi")))
     out.print(table)
     if prompts_line(summary):
         out.print(prompts_line(summary), highlight=False)
@@ -78,11 +79,11 @@ def audit_cmd(
         out.print(projection_line(summary["projection"]), highlight=False, soft_wrap=True)
     if summary.get("compare"):
         c = summary["compare"]
-        out.print(f"compare: {c['left']['label']} {_pct(c['left']['blind_share'])} vs {c['right']['label']} {_pct(c['right']['blind_share'])}")
+        out.print(f"compare: {c['left']['label']} {pct(c['left']['blind_share'])} vs {c['right']['label']} {pct(c['right']['blind_share'])}")
     if summary.get("item_stats"):
         st = summary["item_stats"]
         out.print(f"item statistics from {st['n_models']} model(s): {st['suspect_keys']['n']} suspect key(s), "
-                  f"no model solves {_pct(st['no_model_solves']['share'])}, every model solves {_pct(st['every_model_solves']['share'])}")
+                  f"no model solves {pct(st['no_model_solves']['share'])}, every model solves {pct(st['every_model_solves']['share'])}")
     out.print(f"report: {safe(Path(report) / 'report.html')}  summary: {safe(Path(report) / 'summary.json')}")
 
 
@@ -118,7 +119,8 @@ def metrics_cmd(
     items: Annotated[Optional[Path], typer.Option("--items", help="Workspace folder or items parquet, for JSONL predictions without answers/options.")] = None,
 ) -> None:
     """MMStar's S_v, S_wv, S_t, multi-modal gain MG = S_v - S_wv and leakage ML = max(0, S_wv - S_t), in percent."""
-    from curate.metrics import mg_ml, read_predictions
+    from curate.metrics import mg_ml
+    from curate.results import read_predictions
 
     shot = _parse_shots(shots)
     ref = _load_items(items)
@@ -130,10 +132,15 @@ def metrics_cmd(
         report = mg_ml(**runs, matcher="option_text" if option_text else "mmstar")
     report.warnings[:0] = [str(w.message) for w in caught]
     if as_json:
-        print(json.dumps(report.to_dict(), ensure_ascii=False))
+        print_json(report.to_dict())
         for w in report.warnings:
-            err.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
+            warn(err, w)
         return
+    print_metrics(report)
+
+
+def print_metrics(report) -> None:
+    """The metrics per group (overall, category, dimension), the runs table, then the warnings on stderr."""
     cols = [k for k in ("S_v", "S_wv", "S_t", "MG", "ML") if k in report.overall]
     table = Table(title=f"MMStar metrics (%), matcher {report.matcher}, {report.n_items} items")
     table.add_column("group")
@@ -153,7 +160,7 @@ def metrics_cmd(
         files.add_row(safe(name), safe(r["file"]), "?" if r["shots"] is None else f"{r['shots']} ({r['shots_source']})", str(r["n"]), str(r["unextractable"]))
     out.print(files)
     for w in report.warnings:
-        err.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
+        warn(err, w)
 
 
 def difficulty_cmd(
@@ -163,7 +170,8 @@ def difficulty_cmd(
     source: Annotated[Optional[str], typer.Option(help="Match predictions to this source's items (when keyed by the source's own index).")] = None,
 ) -> None:
     """Bin items by how many vision models solve them (MMStar: easy 12-16, moderate 8-11, hard 4-7, tough 0-3 of 16)."""
-    from curate.metrics import read_predictions, write_difficulty
+    from curate.difficulty import write_difficulty
+    from curate.results import read_predictions
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -177,4 +185,4 @@ def difficulty_cmd(
     table.add_row("(no predictions)", str(result["unmatched"]))
     out.print(table)
     for w in caught:
-        err.print(f"[yellow]warning:[/] {safe(w.message)}", highlight=False)
+        warn(err, w.message)

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
+from curate.cli._common import print_json
 from curate.console import log_console, safe
-
-panel_app = typer.Typer(name="panel", help="Panel files: calibrate members' margins on the shipped controls.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
+    panel_app = typer.Typer(name="panel", help="Panel files: calibrate members' margins on the shipped controls.", no_args_is_help=True)
+    panel_app.command("calibrate")(calibrate_cmd)
     app.add_typer(panel_app, name="panel")
 
 
-def _user_cache() -> Path:
-    """The per-user response cache shared with screen and audit (``filters.cache.user_cache_path``)."""
-    from filters.cache import user_cache_path
-
-    return user_cache_path()
-
-
-@panel_app.command("calibrate")
 def calibrate_cmd(
     panel: Annotated[Optional[Path], typer.Option("--panel", help="panel.toml to calibrate (default: the packaged default panel; needs --out).")] = None,
     target_fpr: Annotated[float, typer.Option("--target-fpr", help="Highest false-hit rate allowed on the vision-needed controls.")] = 0.02,
@@ -37,28 +29,35 @@ def calibrate_cmd(
 ) -> None:
     """Ask each member the vision-needed and MMLU controls (once, cached), choose the smallest margin whose
     false-hit rate is <= the target, and write margin, false_hit_rate and recall into the panel file."""
-    from curate.assets import asset_path
-    from curate.errors import UserError
-    from filters.calibrate import calibrate_panel, is_packaged, write_calibration
+    from filters.cache import user_cache_path  # the per-user cache shared with screen and audit
+    from filters.calibrate import calibrate_panel, write_calibration
     from filters.panel import load_panel
 
+    src = _writable_source(panel, out, target_fpr)
+    names = [m.strip() for m in members.split(",") if m.strip()] if members else None
+    results = calibrate_panel(load_panel(src), cache_path=cache or user_cache_path(), target_fpr=target_fpr, members=names,
+                              progress=progress and not as_json)
+    written = write_calibration(Path(src), results, out)
+    if as_json:
+        print_json({"panel": str(written), "target_fpr": target_fpr, "members": [r.as_dict() for r in results]},
+                   sort_keys=True, ensure_ascii=True)
+        return
+    print_calibration(results, written)
+
+
+def _writable_source(panel: Path | None, out: Path | None, target_fpr: float) -> Path:
+    """The panel file to read, after refusing to rewrite the packaged one and a target outside [0, 1)."""
+    from curate.assets import asset_path
+    from curate.errors import UserError
+    from filters.calibrate import is_packaged
+
     src = panel or asset_path("panel.toml")
-    target = out or src
-    if is_packaged(target):
+    if is_packaged(out or src):
         raise UserError(f"{src}: is the panel shipped with mmcurate and is not rewritten; write a calibrated copy with "
                         f"`mmcurate panel calibrate --out my_panel.toml`, then pass --panel my_panel.toml to screen and audit")
     if not 0.0 <= target_fpr < 1.0:
         raise UserError(f"--target-fpr {target_fpr}: must be in [0, 1), e.g. 0.02")
-    loaded = load_panel(src)
-    names = [m.strip() for m in members.split(",") if m.strip()] if members else None
-    results = calibrate_panel(loaded, cache_path=cache or _user_cache(), target_fpr=target_fpr, members=names,
-                              progress=progress and not as_json)
-    written = write_calibration(Path(src), results, out)
-    if as_json:
-        sys.stdout.write(json.dumps({"panel": str(written), "target_fpr": target_fpr,
-                                     "members": [r.as_dict() for r in results]}, sort_keys=True) + "\n")
-        return
-    print_calibration(results, written)
+    return src
 
 
 def _pct(x: float | None) -> str:
@@ -67,8 +66,6 @@ def _pct(x: float | None) -> str:
 
 def print_calibration(results, written: Path, console=None) -> None:
     """One row per member: margin, false-hit rate [95 % CI], recall [CI], kept single-pass hits, calls, questions."""
-    from rich.table import Table
-
     console = console or log_console(stderr=True)
     t0 = results[0].target_fpr if results else 0.0
     table = Table(title=f"calibrated {safe(written)} (false-hit target {t0:.1%}, rotations {safe(results[0].rotations) if results else '-'})")

@@ -8,27 +8,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from curate.console import log_console, safe
+from curate.cli._common import out as console
+from curate.console import safe
 
-review_app = typer.Typer(name="review", help="Human review in Label Studio: serve, push, status, pull.", no_args_is_help=True)
-console = log_console()
-
-WorkdirArg = typer.Argument(..., help="Workspace folder (items.parquet / screened.parquet).")
-UrlOpt = typer.Option(None, "--url", help="Label Studio URL (default: the server `review serve` started, else http://127.0.0.1:8080). Token: LABEL_STUDIO_API_KEY or the workspace secret.")
-ProjectOpt = typer.Option("mmcurate review", "--project", help="Label Studio project title.")
-EmailsArg = typer.Argument(..., help="One email per reviewer (each gets their own login).")
-StageOpt = typer.Option(None, "--stage", help="Stage to review: screened (default, else items) or balanced (MMStar reviewed its final picks).")
+WorkdirArg = Annotated[Path, typer.Argument(help="Workspace folder (items.parquet / screened.parquet).")]
+UrlOpt = Annotated[Optional[str], typer.Option("--url", help="Label Studio URL (default: the server `review serve` started, else http://127.0.0.1:8080). Token: LABEL_STUDIO_API_KEY or the workspace secret.")]
+ProjectOpt = Annotated[str, typer.Option("--project", help="Label Studio project title.")]
+StageOpt = Annotated[Optional[str], typer.Option("--stage", help="Stage to review: screened (default, else items) or balanced (MMStar reviewed its final picks).")]
 
 
-@review_app.command("serve")
+def register(app: typer.Typer) -> None:
+    """Add `mmcurate review ...` to the main app."""
+    review_app = typer.Typer(name="review", help="Human review in Label Studio: serve, push, status, pull.", no_args_is_help=True)
+    for name, command in (("serve", serve), ("stop", stop), ("add-reviewer", add_reviewer), ("push", push),
+                          ("status", status), ("pull", pull)):
+        review_app.command(name)(command)
+    app.add_typer(review_app, name="review")
+
+
 def serve(
-    workdir: Path = WorkdirArg,
-    port: int = typer.Option(8080, "--port", help="Port on 127.0.0.1 (refused when busy)."),
-    detach: bool = typer.Option(False, "--detach", help="Leave the server running in the background (stop it with `review stop`)."),
+    workdir: WorkdirArg,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (refused when busy).")] = 8080,
+    detach: Annotated[bool, typer.Option("--detach", help="Leave the server running in the background (stop it with `review stop`).")] = False,
 ) -> None:
     """Start a local Label Studio bound to 127.0.0.1 with its data inside WORKDIR."""
     from annotation.server import secret_path, start_server
@@ -52,18 +58,16 @@ def serve(
         server.stop()
 
 
-@review_app.command("stop")
-def stop(workdir: Path = WorkdirArg) -> None:
+def stop(workdir: WorkdirArg) -> None:
     """Stop the server `review serve --detach` started for WORKDIR."""
     from annotation.server import stop_recorded
 
     console.print("stopped" if stop_recorded(workdir) else "no server recorded for this workspace")
 
 
-@review_app.command("add-reviewer")
 def add_reviewer(
-    workdir: Path = WorkdirArg,
-    emails: list[str] = EmailsArg,
+    workdir: WorkdirArg,
+    emails: Annotated[list[str], typer.Argument(help="One email per reviewer (each gets their own login).")],
 ) -> None:
     """Create a login per reviewer on the local server (`review serve`); passwords go to a 0600 file."""
     from annotation.server import add_reviewers, recorded_url, save_reviewer_logins
@@ -75,14 +79,13 @@ def add_reviewer(
     console.print(f"each reviewer logs in at {url}/user/login and opens the project's 'Label All Tasks'")
 
 
-@review_app.command("push")
 def push(
-    workdir: Path = WorkdirArg,
-    url: str | None = UrlOpt,
-    project: str = ProjectOpt,
-    images: str = typer.Option("auto", "--images", help="auto (local when `review serve` runs for WORKDIR, else inline) | inline (base64 in the task; a team server) | local (files served from the workspace)."),
-    reviewers: int = typer.Option(3, "--reviewers", help="Different reviewers each task goes to (set when the project is created; MMStar: 3)."),
-    stage: str | None = StageOpt,
+    workdir: WorkdirArg,
+    url: UrlOpt = None,
+    project: ProjectOpt = "mmcurate review",
+    images: Annotated[str, typer.Option("--images", help="auto (local when `review serve` runs for WORKDIR, else inline) | inline (base64 in the task; a team server) | local (files served from the workspace).")] = "auto",
+    reviewers: Annotated[int, typer.Option("--reviewers", help="Different reviewers each task goes to (set when the project is created; MMStar: 3).")] = 3,
+    stage: StageOpt = None,
 ) -> None:
     """Import the review candidates as tasks (again: only the ones not there yet, e.g. a `balance --replace` pick)."""
     from rich.progress import Progress
@@ -101,12 +104,11 @@ def push(
     )
 
 
-@review_app.command("status")
 def status(
-    workdir: Path = WorkdirArg,
-    url: str | None = UrlOpt,
-    project: str = ProjectOpt,
-    min_reviewers: int = typer.Option(3, "--min-reviewers", help="Reviewers each item needs (MMStar: 3)."),
+    workdir: WorkdirArg,
+    url: UrlOpt = None,
+    project: ProjectOpt = "mmcurate review",
+    min_reviewers: Annotated[int, typer.Option("--min-reviewers", help="Reviewers each item needs (MMStar: 3).")] = 3,
 ) -> None:
     """Progress per reviewer and the items still short of reviewers."""
     from annotation.client import connect
@@ -121,6 +123,11 @@ def status(
     if not st.short_items:
         console.print(f"every item has {min_reviewers} or more reviewers")
         return
+    print_short_items(st, min_reviewers)
+
+
+def print_short_items(st, min_reviewers: int) -> None:
+    """The first 20 items still short of reviewers, with who reviewed them so far."""
     console.print(f"{len(st.short_items)} items still short of {min_reviewers} reviewers:")
     short = Table("item_id", "reviewers so far")
     for item_id in st.short_items[:20]:
@@ -131,13 +138,12 @@ def status(
         console.print(f"... and {len(st.short_items) - 20} more")
 
 
-@review_app.command("pull")
 def pull(
-    workdir: Path = WorkdirArg,
-    url: str | None = UrlOpt,
-    project: str = ProjectOpt,
-    min_reviewers: int = typer.Option(3, "--min-reviewers", help="Reviewers needed before an item can be kept (MMStar: 3)."),
-    stage: str | None = StageOpt,
+    workdir: WorkdirArg,
+    url: UrlOpt = None,
+    project: ProjectOpt = "mmcurate review",
+    min_reviewers: Annotated[int, typer.Option("--min-reviewers", help="Reviewers needed before an item can be kept (MMStar: 3).")] = 3,
+    stage: StageOpt = None,
 ) -> None:
     """Export verdicts, decide each item, write reviewed.parquet and review_agreement.json."""
     from annotation.client import connect
@@ -154,8 +160,3 @@ def pull(
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-def register(app: typer.Typer) -> None:
-    """Add `mmcurate review ...` to the main app."""
-    app.add_typer(review_app, name="review")

@@ -1,9 +1,7 @@
-"""``mmcurate ingest`` and ``mmcurate status``."""
+"""``mmcurate ingest`` and ``mmcurate status``: read benchmark files into a workspace; count what the ledger holds."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,9 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from curate.cli._common import out, print_json
 from curate.console import clean, log_console, safe
-
-out = log_console()
 
 
 def register(app: typer.Typer) -> None:
@@ -45,16 +42,11 @@ def ingest_cmd(
             on_row=lambda src, n: bar.update(task, description=f"ingest {src}", completed=n) if n % 200 == 0 else None,
         )
     if as_json:
-        _print_json(ingest_summary(result))
+        print_json(ingest_summary(result))
         return
     for table in ingest_tables(result):
         out.print(table)
     out.print(f"{result.items} items in the workspace; every row with its reason: mmcurate status {safe(out_dir)} --rows", highlight=False)
-
-
-def _print_json(obj: dict) -> None:
-    """One JSON object on stdout, nothing else (rich would wrap and colour it)."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def ingest_summary(result) -> dict:
@@ -94,9 +86,21 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (stage rows, ledger counts) instead of tables.")] = False,
 ) -> None:
     """Counts per stage, per source and per reason, from the ledger."""
-    from curate.workspace import STAGE_FILES, Workspace
+    from curate.workspace import Workspace
 
     ws = Workspace(workdir)
+    stage_rows, ledger, counts, bad = _status(ws)
+    if as_json:
+        print_json(status_summary(ws.root, stage_rows, ledger, counts, bad if rows else None))
+    else:
+        print_status(ws.root, stage_rows, ledger, counts, bad if rows else None)
+
+
+def _status(ws) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Rows per stage file, the ledger, its counts per stage / source / status / reason, and the rows that
+    were not kept or were kept with a reason (changed or flagged)."""
+    from curate.workspace import STAGE_FILES
+
     stage_rows = {
         stage: pl.scan_parquet(ws.path(stage)).select(pl.len()).collect().item()
         for stage in STAGE_FILES if ws.has(stage)
@@ -108,10 +112,15 @@ def status_cmd(
         .sort(["stage", "source_file", "status", "len", "reason"], descending=[False, False, False, True, False], nulls_last=True)
     )
     bad = ledger.filter((pl.col("status") != "kept") | pl.col("reason").is_not_null())  # kept rows that were changed or flagged too
-    if as_json:
-        _print_json(status_summary(ws.root, stage_rows, ledger, counts, bad if rows else None))
-        return
-    stages = Table(title=f"workspace {safe(ws.root)}")
+    return stage_rows, ledger, counts, bad
+
+
+def print_status(root: Path, stage_rows: dict[str, int], ledger: pl.DataFrame, counts: pl.DataFrame,
+                 bad: pl.DataFrame | None) -> None:
+    """The stage files, the ledger counts and (``--rows``, ``bad`` given) one line per row not simply kept."""
+    from curate.workspace import STAGE_FILES
+
+    stages = Table(title=f"workspace {safe(root)}")
     stages.add_column("stage file")
     stages.add_column("rows", justify="right")
     for stage, n in stage_rows.items():
@@ -126,10 +135,9 @@ def status_cmd(
     for r in counts.iter_rows(named=True):
         table.add_row(safe(r["stage"]), safe(Path(r["source_file"] or "").name), safe(r["status"]), safe(r["reason"] or "-"), str(r["len"]))
     out.print(table)
-    if rows:
-        for r in bad.iter_rows(named=True):
-            line = clean(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}").replace("\n", "\\n")
-            out.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
+    for r in (bad.iter_rows(named=True) if bad is not None else ()):
+        line = clean(f"[{r['stage']}] {r['status']} {r['reason']}: {r['detail']}").replace("\n", "\\n")
+        out.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def status_summary(root: Path, stage_rows: dict[str, int], ledger: pl.DataFrame, counts: pl.DataFrame,

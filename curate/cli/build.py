@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from curate.console import log_console, safe
 
-out = log_console()
+from curate.cli._common import out, print_json, warn
+from curate.console import log_console, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +36,7 @@ def suggest_cmd(
     out.print(f"{stage}.parquet: suggestions added to {df.height} items: "
               + ", ".join(f"{n} from {safe(by)}" for by, n in counts.iter_rows()), highlight=False)
     for w in {str(w.message) for w in caught}:
-        out.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
+        warn(out, w)
     if score is not None:
         out.print(f"cross-validated: {score}", highlight=False)
 
@@ -58,9 +58,6 @@ def balance_cmd(
 
     Suspect keys (`mmcurate item-stats`) that no reviewer cleared are left out (ledger reason suspect_key).
     """
-    import json
-    import sys
-
     from curate.balance import balance_workspace, replace_in_workspace
 
     cap = None if source_cap == 0 else (int(source_cap) if source_cap > 1 else source_cap)
@@ -68,8 +65,8 @@ def balance_cmd(
         rep = replace_in_workspace(workdir, replace, seed=seed, source_cap=cap, allow_no_image=allow_no_image,
                                    prefer_discriminative=prefer_discriminative)
         if as_json:
-            sys.stdout.write(json.dumps({"removed": rep.removed, "added": rep.added, "selected": rep.selected.height,
-                                         "output": f"{workdir}/balanced.parquet"}) + "\n")
+            print_json({"removed": rep.removed, "added": rep.added, "selected": rep.selected.height,
+                        "output": f"{workdir}/balanced.parquet"}, ensure_ascii=True)
         else:
             out.print(f"replaced {safe(rep.removed)} with {safe(rep.added)} in {safe(workdir)}/balanced.parquet", highlight=False)
         return
@@ -78,7 +75,7 @@ def balance_cmd(
                                 prefer_discriminative=prefer_discriminative, keep_ranking=result_files(keep_ranking),
                                 matcher="option_text" if option_text else "mmstar")
     if as_json:
-        sys.stdout.write(json.dumps(balance_summary(res, workdir), ensure_ascii=False) + "\n")
+        print_json(balance_summary(res, workdir))
     else:
         print_balance(res, workdir, out)
 
@@ -113,7 +110,7 @@ def print_balance(res, workdir, console: Console) -> None:
         console.print("some items had no dimension: suggested ones were used (run `mmcurate suggest` to keep them)")
     console.print(_counts(res.selected))
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
+        warn(console, w)
     if res.shortfall.height:
         console.print(_shortfall(res.shortfall))
     suspect = getattr(res, "suspect_excluded", None)
@@ -207,11 +204,8 @@ def export_cmd(
 
     The release check runs first: a set with errors is not written unless --ignore-check.
     """
-    import json
-    import sys
-
     from curate.check import CheckResult
-    from curate.cli_check import print_check
+    from curate.cli.check import print_check
     from curate.export import ExportRefused, export_release
 
     card = {k: v for k, v in (("license", license), ("license_name", license_name), ("license_link", license_link)) if v}
@@ -222,13 +216,18 @@ def export_cmd(
                                  allow_uncategorized=allow_uncategorized, ignore_check=ignore_check)
     except ExportRefused as exc:  # the summary or the problem table, then the one error line (exit 2)
         if as_json:
-            sys.stdout.write(json.dumps(exc.result.as_dict(), ensure_ascii=False) + "\n")
+            print_json(exc.result.as_dict())
         else:
             print_check(CheckResult(f"{workdir}/{exc.result.stage}.parquet", exc.result.items, list(exc.result.problems)))
         raise
     if as_json:
-        sys.stdout.write(json.dumps(res.as_dict(), ensure_ascii=False) + "\n")
-        return
+        print_json(res.as_dict())
+    else:
+        print_export(res, fmt, profile)
+
+
+def print_export(res, fmt: str, profile: str) -> None:
+    """The warnings (and errors --ignore-check let through), the multi-image note and where the export went."""
     for p in res.problems:
         label = "[yellow]warning:[/]" if p.severity == "warning" else "[red]ignored error (--ignore-check):[/]"
         out.print(f"{label} {p.code}: {safe(p.message)}", highlight=False, soft_wrap=True)

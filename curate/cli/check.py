@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from curate.console import log_console, safe
-
-out = log_console()
+from curate.cli._common import out, print_json
+from curate.console import safe
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +27,7 @@ def check_cmd(
 
     result = check_folder(folder, stage=stage, allow_no_image=allow_no_image)
     if as_json:
-        sys.stdout.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+        print_json(result.as_dict())
     else:
         print_check(result)
     if not result.ok:

@@ -6,7 +6,6 @@ Thin command: read the result files with ``curate.metrics`` (the matchers of ``m
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,18 +13,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from curate.console import log_console, safe
-
-out = log_console()
-err = log_console(stderr=True)
+from curate.cli._common import err, out, pct, print_json, warn
+from curate.console import safe
 
 
 def register(app: typer.Typer) -> None:
     app.command("item-stats")(item_stats_cmd)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def item_stats_cmd(
@@ -38,7 +31,7 @@ def item_stats_cmd(
 ) -> None:
     """Per item: n_models, n_solvers, discriminability and a suspect-key flag with its evidence (issue #18)."""
     from curate.item_stats import SuspectRule, model_names, write_item_stats
-    from curate.metrics import read_predictions
+    from curate.results import read_predictions
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -47,23 +40,28 @@ def item_stats_cmd(
                                   matcher="option_text" if option_text else "mmstar", rule=SuspectRule(min_models=min_models))
     notes = [str(w.message) for w in caught]
     if as_json:
-        print(json.dumps({**result, "warnings": notes}, ensure_ascii=False))
+        print_json({**result, "warnings": notes})
         return
+    print_item_stats(result, notes)
+
+
+def print_item_stats(result: dict, notes: list[str]) -> None:
+    """Accuracy per model, the item-statistics counts, then the warnings on stderr."""
     models = Table(title=f"{result['n_models']} model(s), accuracy on the {result['n_items']:,} matched items")
     models.add_column("model")
     models.add_column("accuracy", justify="right")
     for name, acc in result["models"].items():
-        models.add_row(safe(name), _pct(acc))
+        models.add_row(safe(name), pct(acc))
     out.print(models)
     counts = Table(title=f"item statistics -> {safe(result['item_stats'])} and {safe(result['path'])}")
     counts.add_column("items")
     counts.add_column("n", justify="right")
     counts.add_column("share", justify="right")
     for label, key in (("suspect key", "suspect_keys"), ("no model solves", "no_model_solves"), ("every model solves", "every_model_solves")):
-        counts.add_row(label, str(result[key]["n"]), _pct(result[key]["share"]))
+        counts.add_row(label, str(result[key]["n"]), pct(result[key]["share"]))
     d = result["discriminability"]
     counts.add_row("discriminability defined", str(d["n_defined"]), f"mean {d['mean']:.2f}" if d["mean"] is not None else "–")
     counts.add_row("(no results)", str(result["unmatched"]), "")
     out.print(counts)
     for w in notes:
-        err.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
+        warn(err, w)
