@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+from fractions import Fraction
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,11 +91,13 @@ def blind_by_chance(n_options: int, n_members: int, threshold: int) -> float:
     The blind share a panel of uniform guessers would produce (``chance_blind``). Cached: it is
     asked once per item and group, and a few (options, members) pairs cover a whole benchmark.
     """
-    from scipy.stats import binom
-
     if n_options < 1 or n_members < 1:
         return float("nan")
-    return float(binom.sf(threshold, n_members, 1.0 / n_options))
+    # the binomial tail summed in exact rationals: correctly rounded, and no scipy.stats import
+    # (seconds at start-up, more than the whole summary of a small audit)
+    p = Fraction(1, n_options)
+    return float(sum(math.comb(n_members, j) * p**j * (1 - p) ** (n_members - j)
+                     for j in range(max(threshold + 1, 0), n_members + 1)))
 
 
 def _clip01(x: float) -> float:

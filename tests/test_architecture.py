@@ -1,7 +1,7 @@
 """The import direction of the layers (issue #14): the foundation imports nothing above it.
 
-Layers, bottom up: the foundation inside ``curate/`` (errors, schema, workspace, taxonomy, assets,
-console, groups); the stage packages ``filters/`` and ``annotation/``, which may import only the
+Layers, bottom up: the foundation inside ``curate/`` (``FOUNDATION`` below: errors, schema, workspace,
+stage registry, config loader, multiple-choice module, statistics, taxonomy, assets, console, groups); the stage packages ``filters/`` and ``annotation/``, which may import only the
 foundation; the application (the other ``curate`` modules: ingest, balance, export, audit and the
 pipeline); on top, the command line, ``curate/cli/``: the only importer of typer, imported by nothing.
 A static scan of every import statement -- function-level ones included, since a lazy import is

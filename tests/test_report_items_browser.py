@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -70,10 +69,7 @@ def test_item_quality_section_renders_in_headless_chromium(tmp_path):
                                      blind=pl.lit(False), screen_reason=pl.lit(None, pl.String))
     ws = Workspace(tmp_path / "screened", create=True)
     ws.write("screened", screened)
-    t0 = time.perf_counter()
     audit([ws.root], report_dir=tmp_path / "report", results=MMSTAR, rules=False)
-    print(f"audit {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
     st = json.loads((tmp_path / "report" / "summary.json").read_text())["item_stats"]
     assert st["n_items"] == 300 and st["n_models"] == 3
 
@@ -82,7 +78,6 @@ def test_item_quality_section_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
-    print(f"chromium {time.perf_counter() - t0:.1f} s")
     section = page[page.index('id="item-stats"'):]
     n_suspect = st["suspect_keys"]["n"]
     assert re.search(rf'id="suspect-keys">\s*{n_suspect}\s*<', section), section[:2000]

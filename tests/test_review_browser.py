@@ -82,6 +82,8 @@ def _until(what: str, fn, timeout: float = WAIT):
 
 
 # -- page reading (one JS call each: stable against React re-renders) ---------------------------
+SUSPECT = "2 of 3 models chose C, the key is B, and the best model (llava_next_yi_34b) chose C"
+
 _RADIOS = """
 return Array.from(document.querySelectorAll('.mmc-row input[type=radio]')).map(e => {
   const l = e.closest('label'); const r = (l || e).getBoundingClientRect();
@@ -98,7 +100,8 @@ return {
   options: Array.from(document.querySelectorAll('.mmc-opts li')).map(li => li.innerText),
   key: (q('.mmc-opts li.mmc-key') || {}).innerText || null,
   evidence: (q('.mmc-ev') || {}).innerText || '',
-  hint: (q('.mmc-hint') || {}).innerText || null,
+  hint: (q('.mmc-hint:not(.mmc-suspect)') || {}).innerText || null,
+  suspect: (q('.mmc-suspect') || {}).innerText || null,
   text: document.body.innerText,
   submitBottom: submit ? submit.getBoundingClientRect().bottom + window.scrollY : null,
 };"""
@@ -175,6 +178,9 @@ def review_server(shared_data, tmp_path_factory):
             suggested_l2_score=pl.Series([0.62, 0.48, 0.35][:n]),
             n_solvers=pl.Series([5, None, None][:n], dtype=pl.Int64),
             n_models=pl.Series([16, None, None][:n], dtype=pl.Int64),
+            # item-stats doubts the keys of s2 and mm (issue #18): the evidence must sit beside the key on screen
+            suspect_key=pl.Series([False, True, True][:n]),
+            suspect_evidence=pl.Series([None, SUSPECT, SUSPECT][:n], dtype=pl.String),
         )
         Workspace(ws).write("screened", screened)
         yield handle, screened
@@ -273,6 +279,11 @@ def test_three_reviewers_review_in_chromium_and_pull_records_exactly_their_verdi
                 assert ("Solved by 5 of 16 vision models" in page["evidence"]) == (item_id == s1)
                 assert "probability" in page["evidence"]
                 assert page["hint"] is None or row["hint"]
+                # a suspect key (s2, mm) shows item-stats' evidence beside the key; a trusted one (s1) shows none
+                if row["suspect_key"]:
+                    assert page["suspect"] is not None and "Is the key wrong?" in page["suspect"] and SUSPECT in page["suspect"]
+                else:
+                    assert page["suspect"] is None and "Is the key wrong?" not in page["text"]
                 for bad in ("mmcurate review config", 'Checkbox "key_correct" is required', "<-- KEY"):
                     assert bad not in page["text"]
                 if n_reviewer == 0 and item_id == s1:
@@ -322,5 +333,7 @@ def test_three_reviewers_review_in_chromium_and_pull_records_exactly_their_verdi
     assert (got[mm]["review_status"], got[mm]["review_dimension"], got[mm]["review_n_decided"]) == ("kept", "statistical reasoning", 3)
     assert verdicts[mm]["cy@review.test"]["sources"]["dimension"] == "suggestion" and verdicts[mm]["cy@review.test"]["dimension"] is None
     assert [got[i]["review_suggestions_accepted"] for i in ids] == [0, 1, 1]
+    # suspect keys: s1 not suspect (null), s2 marked wrong by ann (False), mm kept by all three (True)
+    assert [got[i]["review_key_confirmed"] for i in ids] == [None, False, True]
     assert result.agreement["provenance"]["needs_image"] == {"reviewer": 9, "suggestion": 0, "unanswered": 0}
     assert (ARTIFACTS / "review_single_image.png").stat().st_size > 10_000 and (ARTIFACTS / "review_multi_image.png").stat().st_size > 10_000
