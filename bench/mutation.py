@@ -56,6 +56,15 @@ EQUIVALENT: dict[str, str] = {
     "curate.normalize.x__settle_options__mutmut_26": "last < key_pos -> <=: when equal, `last = key_pos` changes nothing",
     "filters.competence.x_summarise__mutmut_18": "`if n` -> `if n or True`: one response per item, so n == 0 means no "
                                                  "responses and the comprehension is empty either way",
+    "filters.scoring.x_score_prompts__mutmut_44": "getattr default False -> None: bool(None) is False too",
+    "filters.screen.x__above__mutmut_7": "len(dist) + 1 -> + 2: only adds trailing zero-probability counts, which add "
+                                         "nothing to the tail sum",
+    "filters.screen.x__above__mutmut_14": "nxt[c + 1] += -> =: nxt[c + 1] is still 0 when iteration c writes it (the "
+                                          "(1 - p) term of iteration c + 1 adds to it afterwards)",
+    "filters.screen.x__blind_score__mutmut_5": "LETTERS.index -> rindex: LETTERS has no repeated letter",
+    "curate.metrics.x_accuracy__mutmut_4": "`if n` -> `if n or True`: an empty column sums to 0 anyway",
+    "curate.metrics.x_accuracy__mutmut_16": "`if n` -> `if n or True`: an empty column sums to 0 anyway",
+    "curate.balance.x_waterfill__mutmut_10": "remaining > 0 -> >= 0: at 0 the loop gives nothing (share 0, no leftover) and breaks",
     "filters.competence.x_accepted__mutmut_8": "LETTERS.index -> rindex: LETTERS has no repeated letter",
     "filters.competence.x_is_hit__mutmut_15": "LETTERS.index -> rindex: LETTERS has no repeated letter",
 }

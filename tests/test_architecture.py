@@ -107,3 +107,23 @@ def test_nothing_outside_the_cli_imports_it():
             offenders[path.relative_to(ROOT).as_posix()] = sorted(names)
     assert not offenders, f"modules outside curate/cli/ import it: {offenders}"
     assert not list(ROOT.glob("*/cli.py")) + list(ROOT.glob("*/cli_*.py")), "a CLI module outside curate/cli/"
+
+
+#: The application modules that run the stages in order (the ``run`` pipeline and the ``audit`` command's
+#: ingest -> screen -> rules -> report); every other library module is one stage or a helper of one.
+ORCHESTRATORS = {"curate/pipeline.py", "curate/audit.py"}
+
+
+def test_only_the_orchestrators_import_the_stage_packages():
+    """Balance, export, check, metrics ... never reach into ``filters/`` or ``annotation/``: a stage reads the
+    workspace another stage wrote, through the registry, not the other stage's code."""
+    offenders = {}
+    for path in _outside_cli("curate"):
+        rel = path.relative_to(ROOT).as_posix()
+        stages = sorted(n for n in imported_modules(path) if n.split(".")[0] in ("filters", "annotation"))
+        if stages and rel not in ORCHESTRATORS:
+            offenders[rel] = stages
+    assert not offenders, f"library modules that import a stage package: {offenders}"
+    reached = {p.relative_to(ROOT).as_posix() for p in _outside_cli("curate")
+               if any(n.split(".")[0] == "filters" for n in imported_modules(p))}
+    assert reached == ORCHESTRATORS, reached  # the scan sees the imports it allows

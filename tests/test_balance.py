@@ -493,6 +493,7 @@ def test_source_cap_is_a_fraction_of_the_total_or_a_count():
 
 def test_waterfill_never_exceeds_a_bin_and_meets_every_feasible_target():
     assert waterfill(7, [0, 5, 5]) == [0, 4, 3]  # an empty bin takes nothing
+    assert waterfill(1, [0, 5]) == [0, 1]  # ... not even a single leftover unit
     assert waterfill(3, [1, 1, 1, 1]) == [1, 1, 1, 0]  # single leftovers go to the earliest bins
     assert waterfill(20, [3, 4, 5]) == [3, 4, 5]  # infeasible: every bin full, no more
     assert waterfill(11, [2, 9, 9]) == [2, 5, 4]  # 3 each, the first capped at 2 (8 given); then 1 each; the last to bin 1

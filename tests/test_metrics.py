@@ -11,13 +11,13 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from curate.difficulty import add_difficulty, difficulty_bin, solver_counts, write_difficulty
+from curate.difficulty import add_difficulty, difficulty_bin, write_difficulty
 from curate.errors import UserError
 from curate.mc import match_mmstar as extract_mmstar
 from curate.mc import match_option_text as extract_option_text
 from curate.metrics import accuracy, mg_ml
 from curate.results import read_predictions, score
-from curate.schema import ITEM_SCHEMA, LETTERS, conform
+from curate.schema import ITEM_SCHEMA, conform
 from curate.workspace import Workspace
 
 POOLS = "text_pools"
@@ -362,6 +362,7 @@ def test_mg_and_ml_by_hand():
     assert _derived({"S_v": 60.0, "S_wv": 45.5, "S_t": 50.0}) == {"S_v": 60.0, "S_wv": 45.5, "S_t": 50.0, "MG": 14.5, "ML": 0.0}
     assert _derived({"S_v": 60.0, "S_wv": 45.5, "S_t": 40.25}) == {"S_v": 60.0, "S_wv": 45.5, "S_t": 40.25, "MG": 14.5, "ML": 5.25}
     assert _derived({"S_v": 33.333, "S_wv": 11.111}) == {"S_v": 33.333, "S_wv": 11.111, "MG": 22.22}  # rounded to 2 places
+    assert _derived({"S_wv": 45.0, "S_t": 40.1234})["ML"] == 4.88  # 4.8766 to 2 places, like MG
     assert _derived({"S_v": 60.0, "S_wv": None, "S_t": 40.0}) == {"S_v": 60.0, "S_wv": None, "S_t": 40.0}
     assert _derived({"S_wv": 50.0, "S_t": None}) == {"S_wv": 50.0, "S_t": None}
 
@@ -380,3 +381,6 @@ def test_accuracy_and_accuracy_by_by_hand():
         "b": {"n": 2, "hits": 2, "unextractable": 0, "accuracy": 100.0},
     }
     assert list(accuracy_by(scored, "category")) == ["(none)", "a", "b"]
+    # ordered by the value, whatever the rows hold
+    assert list(accuracy_by(pl.DataFrame({"hit": [True, False], "unextractable": [False, False], "category": ["a", "b"]}),
+                            "category")) == ["a", "b"]

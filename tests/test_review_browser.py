@@ -282,8 +282,9 @@ def test_three_reviewers_review_in_chromium_and_pull_records_exactly_their_verdi
                 # a suspect key (s2, mm) shows item-stats' evidence beside the key; a trusted one (s1) shows none
                 if row["suspect_key"]:
                     assert page["suspect"] is not None and "Is the key wrong?" in page["suspect"] and SUSPECT in page["suspect"]
+                    assert "DOUBTED" in page["key"]  # the key's own line carries the doubt
                 else:
-                    assert page["suspect"] is None and "Is the key wrong?" not in page["text"]
+                    assert page["suspect"] is None and "Is the key wrong?" not in page["text"] and "DOUBTED" not in page["text"]
                 for bad in ("mmcurate review config", 'Checkbox "key_correct" is required', "<-- KEY"):
                     assert bad not in page["text"]
                 if n_reviewer == 0 and item_id == s1:

@@ -387,6 +387,7 @@ def test_asks_per_item_under_each_rotation_rule():
     assert [_max_asks(n, "adaptive") for n in (0, 2, 4)] == [0, 2, 4]
     assert [_max_asks(n, 3) for n in (0, 2, 4)] == [0, 2, 3]
     assert _max_asks(4, 1) == 1 and _shifts(4, 3) == [0, 1, 2] and _shifts(2, "adaptive") == [0, 1]
+    assert _max_asks(1, "adaptive") == _max_asks(1, 3) == 1  # a one-option item is still asked once
 
 
 # -- score_prompts: cache, batches, answers in input order ---------------------------------------------
@@ -493,3 +494,111 @@ def test_screen_ledger_reason_codes_by_hand():
     assert led2.columns == ["item_id", "status", "reason", "detail"]
     assert led2["reason"].to_list() == [None, "blind_answerable", "blind_answerable", None, None]
     assert led2["detail"][3] == "kept by every filter [panel h1] (answers of a: copy)"
+
+
+def test_request_keys_hold_everything_that_decides_the_answer():
+    """A cached answer is reused only for the same model, method, template, prompt and answer settings;
+    the key is also a file format (every user's response cache), so it is pinned to its documented fields."""
+    from filters.cache import request_key
+    from filters.prompts import TEMPLATE_VERSION, Prompt
+    from filters.scoring import request_keys
+
+    def member(**extra):
+        return panel_from_dict({"panel": {"control_size": 0}, "member": [
+            {"name": "m", "backend": "scripted", "model": LOVES_A, **extra}]}).members[0]
+
+    four, three = Prompt("", "Question: q\nAnswer:", 4), Prompt("", "Question: q\nAnswer:", 3)  # same text
+    loglik = ScriptedBackend(member())
+    keys = request_keys(loglik, [four, three])
+    assert keys == [request_key(loglik.identity, "loglik", TEMPLATE_VERSION, four.text, n_letters=4),
+                    request_key(loglik.identity, "loglik", TEMPLATE_VERSION, four.text, n_letters=3)]
+    assert keys[0] != keys[1]  # the letters scored are part of the request
+    other_model = ScriptedBackend(member(model=KNOWER))
+    assert request_keys(other_model, [four]) != keys[:1]
+    gen = ScriptedBackend(member(method="generate", max_new_tokens=8, chat=False))
+    gkeys = request_keys(gen, [four, three])
+    assert gkeys[0] == gkeys[1] == request_key(gen.identity, "generate", TEMPLATE_VERSION, four.text, max_new_tokens=8, chat=False)
+    assert gkeys[0] not in keys
+    assert request_keys(ScriptedBackend(member(method="generate", max_new_tokens=9, chat=False)), [four]) != gkeys[:1]
+    assert request_keys(ScriptedBackend(member(method="generate", max_new_tokens=8, chat=True)), [four]) != gkeys[:1]
+
+
+class _NoBatchFlag:
+    """A backend that does not say whether its answers depend on the batch: it must be treated as padding
+    (the safe reading), so its batches run whole and longest first."""
+
+    def __init__(self, member):
+        self._inner = ScriptedBackend(member)
+        self.member, self.identity = member, self._inner.identity
+
+    def letter_logprobs(self, prompts, n_letters):
+        return self._inner.letter_logprobs(prompts, n_letters)
+
+    @property
+    def asked(self):
+        return self._inner.asked
+
+
+def test_score_prompts_batch_order_follows_the_backend_and_stats_accumulate(tmp_path):
+    from filters.cache import ResponseCache
+    from filters.prompts import Prompt
+    from filters.scoring import score_prompts
+
+    member = panel(("m", LOVES_A)).members[0]  # batch size 8: one batch
+    short, longest, middle = (Prompt("", f"Question: {q}?\nAnswer:", 2) for q in ("a", "b b b b b b", "c c c"))
+    prompts, opts = [short, longest, middle], [["x", "y"]] * 3
+    by_text, by_length = [short.text, longest.text, middle.text], [longest.text, middle.text, short.text]
+    for backend, order in ((ScriptedBackend(member), by_text), (PaddedScripted(member), by_length),
+                           (_NoBatchFlag(member), by_length)):
+        with ResponseCache(tmp_path / f"{type(backend).__name__}.sqlite") as cache:
+            score_prompts(backend, prompts, opts, cache)
+            assert backend.asked == order, type(backend).__name__
+            # stats add up over calls (the screen asks in rounds); an all-cached call adds no model time
+            stats = {"asked": 2, "cached": 5, "seconds": 0.0}
+            score_prompts(backend, prompts, opts, cache, stats=stats)
+            assert stats == {"asked": 2, "cached": 8, "seconds": 0.0}
+            fresh = {}
+            score_prompts(backend, prompts, opts, cache, stats=fresh)
+            assert fresh == {"asked": 0, "cached": 3, "seconds": 0.0}
+
+
+class _CutReplies(ScriptedBackend):
+    """Scripted replies cut to ``max_new_tokens`` characters, as a model stops after that many tokens."""
+
+    def generate(self, prompts, max_new_tokens):
+        return [t[:max_new_tokens] for t in super().generate(prompts, max_new_tokens)]
+
+
+def test_score_prompts_passes_the_members_token_limit_and_times_only_the_model(tmp_path):
+    import time
+
+    from filters.cache import ResponseCache
+    from filters.scoring import score_prompts
+
+    def member(n):
+        return panel_from_dict({"panel": {"control_size": 0}, "member": [
+            {"name": "g", "backend": "scripted", "model": SCORE_SCRIPT, "method": "generate", "max_new_tokens": n}]}).members[0]
+
+    prompts, opts = _prompts([("Tell me which fruit is in the image", ["apple", "pear", "plum"])])
+    with ResponseCache(tmp_path / "g.sqlite") as cache:
+        # "The answer is (B)." cut to 9 characters names no option: a miss, with the reply kept
+        assert [(r.letter, r.raw) for r in score_prompts(_CutReplies(member(9)), prompts, opts, cache)] == [(None, "The answe")]
+        stats = {"asked": 0, "cached": 0, "seconds": 100.0}
+        t0 = time.perf_counter()
+        got = score_prompts(_CutReplies(member(40)), prompts, opts, cache, stats=stats)
+        elapsed = time.perf_counter() - t0
+    assert [(r.letter, r.raw) for r in got] == [("B", "The answer is (B).")]
+    assert stats["asked"] == 1 and 100.0 <= stats["seconds"] <= 100.0 + elapsed  # model time is added, never more
+
+
+def test_score_prompts_breaks_a_tie_to_the_first_letter(tmp_path):
+    from filters.cache import ResponseCache
+    from filters.scoring import score_prompts
+
+    # a flat distribution: every letter at 1/4 (or 1/3); the answer is the first, as MMStar's argmax reads it
+    flat = panel(("flat", {"default": {"uniform": True}})).members[0]
+    prompts, opts = _prompts([("What colour is the car in the image?", ["red", "blue", "green", "white"]),
+                              ("How many dogs?", ["one", "two", "three"])])
+    with ResponseCache(tmp_path / "f.sqlite") as cache:
+        got = score_prompts(ScriptedBackend(flat), prompts, opts, cache)
+    assert [r.letter for r in got] == ["A", "A"] and got[0].probs == pytest.approx((0.25,) * 4)

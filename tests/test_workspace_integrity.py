@@ -54,7 +54,7 @@ def test_a_failing_run_leaves_the_workspace_as_it_was(tmp_path, shared_data):
     ingest_to_workspace([shared_data / MMBENCH], ws.root)
     before = {p.name: p.read_bytes() for p in ws.root.iterdir() if p.is_file() and p.name != ".lock"}
     with pytest.raises(RuntimeError):
-        with ws.transaction() as tx:
+        with ws.transaction():
             ws.write("screened", ws.read("items").head(3).with_columns(answer__m=pl.lit("A"), hits=pl.lit(0, pl.Int32),
                                                                        n_members=pl.lit(1, pl.Int32), blind=pl.lit(False)))
             ws.record("screen", ws.read("items").head(3).select("source_file", "row", "item_id", status=pl.lit("kept")))
