@@ -86,33 +86,16 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (stage rows, ledger counts) instead of tables.")] = False,
 ) -> None:
     """Counts per stage, per source and per reason, from the ledger."""
+    from curate.status import workspace_status
     from curate.workspace import Workspace
 
     ws = Workspace(workdir)
-    stage_rows, ledger, counts, bad = _status(ws)
+    st = workspace_status(ws)
+    bad = st.not_simply_kept if rows else None
     if as_json:
-        print_json(status_summary(ws.root, stage_rows, ledger, counts, bad if rows else None))
+        print_json(status_summary(ws.root, st.stage_rows, st.ledger, st.counts, bad))
     else:
-        print_status(ws.root, stage_rows, ledger, counts, bad if rows else None)
-
-
-def _status(ws) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Rows per stage file, the ledger, its counts per stage / source / status / reason, and the rows that
-    were not kept or were kept with a reason (changed or flagged)."""
-    from curate.workspace import STAGE_FILES
-
-    stage_rows = {
-        stage: pl.scan_parquet(ws.path(stage)).select(pl.len()).collect().item()
-        for stage in STAGE_FILES if ws.has(stage)
-    }
-    ledger = ws.ledger()
-    counts = (
-        ledger.group_by("stage", "source_file", "status", "reason")
-        .len()
-        .sort(["stage", "source_file", "status", "len", "reason"], descending=[False, False, False, True, False], nulls_last=True)
-    )
-    bad = ledger.filter((pl.col("status") != "kept") | pl.col("reason").is_not_null())  # kept rows that were changed or flagged too
-    return stage_rows, ledger, counts, bad
+        print_status(ws.root, st.stage_rows, st.ledger, st.counts, bad)
 
 
 def print_status(root: Path, stage_rows: dict[str, int], ledger: pl.DataFrame, counts: pl.DataFrame,

@@ -22,7 +22,8 @@ from pathlib import Path
 from curate.errors import RowError, UserError
 from curate.formats import ImageRef, ReadOptions, SourceRow
 
-IMAGE_COLUMNS = ("image",)
+#: VLMEvalKit's TSV keeps its base64 image (or a shared-image reference) in this one column.
+TSV_IMAGE_COLUMN = "image"
 REF_MAX_LEN = 64
 #: Shared payloads held in memory before older ones move to SQLite (characters of base64).
 RECENT_PAYLOAD_CHARS = 32 * 2**20
@@ -86,7 +87,7 @@ def read_tsv(path: Path, opts: ReadOptions, *, delimiter: str = "\t") -> Iterato
     """
     raw_header = _raw_header(path, delimiter)
     header = [h.strip() for h in raw_header]
-    image_col = next((c for c in (opts.column_map.get("image"), *IMAGE_COLUMNS) if c and c in header), None)
+    image_col = next((c for c in (opts.column_map.get("image"), TSV_IMAGE_COLUMN) if c and c in header), None)
     index_col = opts.column_map.get("index") or ("index" if "index" in header else None)
 
     shared = _SharedPayloads(path, delimiter, raw_header, image_col, index_col) if image_col else None
