@@ -112,6 +112,8 @@ def _panel_info(panel: Any) -> dict[str, Any]:
     for attr in ("margin", "rotations"):
         if hasattr(panel, attr):
             info[attr] = getattr(panel, attr)
+    if getattr(panel, "adaptive_depth", None) is not None:
+        info["adaptive_depth"] = panel.adaptive_depth
     if hasattr(panel, "members"):
         info["models"] = {m.name: _model_info(m) for m in panel.members}
     return info

@@ -231,9 +231,12 @@ def prompt_counts(table: pl.DataFrame, members: Sequence[str], panel_info: dict[
         if not rep.get("n_prompts"):
             return None
         n_prompts, single, full = int(rep["n_prompts"]), int(rep.get("n_questions") or 0) * len(rep.get("members") or members), 0
-    rotations = ((panel_info or {}).get("screen_report") or {}).get("rotations", (panel_info or {}).get("rotations"))
+    rep = (panel_info or {}).get("screen_report") or {}
+    rotations = rep.get("rotations", (panel_info or {}).get("rotations"))
+    depth = rep.get("adaptive_depth", (panel_info or {}).get("adaptive_depth"))
     return {
         "rotations": rotations,
+        **({"adaptive_depth": depth} if depth is not None else {}),
         "n_prompts": n_prompts,
         "single_pass": single,
         "extra": n_prompts - single,
@@ -396,6 +399,8 @@ def prompts_line(summary: dict[str, Any]) -> str | None:
     if not p or not p.get("single_pass"):
         return None
     how = f"rotations = {p['rotations']}" if p.get("rotations") is not None else "rotation"
+    if p.get("adaptive_depth") is not None:
+        how += f" (adaptive_depth = {p['adaptive_depth']})"
     full = f"; every rotation of every question would take {p['full_rotation']:,}" if p.get("full_rotation") else ""
     return (
         f"{how}: {p['n_prompts']:,} prompts for {p['single_pass']:,} question-member pairs, "

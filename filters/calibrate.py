@@ -157,15 +157,17 @@ def choose_margin(thresholds: Sequence[float | None], target: float, step: float
 
 
 def calls_at(asks_per_item: Sequence[Sequence[Response]], keys: Sequence[str], n_opts: Sequence[int],
-             competence: Competence | None, margin: float, corrected: bool, rotations: int | str) -> int:
-    """Prompts the panel's rule sends for these items at ``margin`` (adaptive: 1 + rotations while hitting)."""
+             competence: Competence | None, margin: float, corrected: bool, rotations: int | str,
+             depth: int | None = None) -> int:
+    """Prompts the panel's rule sends for these items at ``margin`` (adaptive: 1 + rotations while
+    hitting, at most ``depth`` asks)."""
     total = 0
     for asks, key, n in zip(asks_per_item, keys, n_opts):
         if rotations != "adaptive":
             total += min(int(rotations), n)
             continue
         used = 0
-        for r, resp in enumerate(asks):
+        for r, resp in enumerate(asks[:_required(rotations, n, depth)]):
             used += 1
             _, rkey = rotate(list(range(n)), key, r)
             if not is_hit(resp, rkey, n, competence, margin=margin, corrected=corrected):
@@ -203,6 +205,8 @@ class Calibration:
     false_hit_ids: list[str] = field(default_factory=list)  # the vision-needed controls hit at the margin
     mmlu_hit_ids: list[str] = field(default_factory=list)  # the MMLU controls hit at the margin
     note: str | None = None
+    adaptive_depth: int | None = None  # the panel's depth the rates above are for (None: every rotation)
+    depths: list[dict] = field(default_factory=list)  # adaptive: each depth's margin at the target and its rates
 
     @property
     def calls_ratio(self) -> float:
@@ -223,12 +227,13 @@ def _prompts(items: Sequence[dict], shots: int, shift: int) -> tuple[list, list[
 
 def ask_all(backend, cache, items: Sequence[dict], *, rotations: int | str, n_prior: int, corrected: bool,
             stats: dict, advance: Callable[[int], None] | None = None,
-            extend: Callable[[int], None] | None = None) -> tuple[list[list[Response]], Competence | None]:
+            extend: Callable[[int], None] | None = None, depth: int | None = None) -> tuple[list[list[Response]], Competence | None]:
     """Every ask the sweep needs, per item, and the member's letter prior (from the first ``n_prior``
     items, unrotated: the MMLU controls come first in ``items``, as ``screen``'s competence check asks them).
 
     The first pass goes out as one list (one batch plan: llama.cpp's text order shares stems across
-    both sets); each further rotation only for the items the rule still needs."""
+    both sets); each further rotation only for the items the rule still needs (adaptive: at most
+    ``depth`` asks per item when given, else every rotation, which every depth's rates can be read from)."""
     shots = backend.member.shots
     prompts, opts = _prompts(items, shots, 0)
     first = score_prompts(backend, prompts, opts, cache, advance=advance, stats=stats)
@@ -238,7 +243,7 @@ def ask_all(backend, cache, items: Sequence[dict], *, rotations: int | str, n_pr
     top = max(n_opts, default=1)
     for shift in range(1, top):
         if rotations == "adaptive":
-            pending = [i for i, a in enumerate(asks) if len(a) == shift and shift < n_opts[i]
+            pending = [i for i, a in enumerate(asks) if len(a) == shift and shift < _required(rotations, n_opts[i], depth)
                        and is_hit(a[-1], rotate(list(range(n_opts[i])), items[i]["answer"], shift - 1)[1], n_opts[i], comp,
                                   margin=0.0, corrected=corrected)]
         else:
@@ -253,17 +258,21 @@ def ask_all(backend, cache, items: Sequence[dict], *, rotations: int | str, n_pr
     return asks, comp
 
 
-def _required(rotations: int | str, n: int) -> int:
-    return n if rotations == "adaptive" else min(int(rotations), n)
+def _required(rotations: int | str, n: int, depth: int | None = None) -> int:
+    """Asks a hit needs: every rotation under ``"adaptive"`` (or the first ``depth``), else ``min(rotations, n)``."""
+    if rotations == "adaptive":
+        return n if depth is None else min(depth, n)
+    return min(int(rotations), n)
 
 
 def calibrate_member(member, panel, cache, *, target_fpr: float, mmlu: Sequence[dict], vision: Sequence[dict],
                      advance: Callable[[int], None] | None = None, extend: Callable[[int], None] | None = None,
-                     backend=None, margin: float | None = None) -> Calibration:
+                     backend=None, margin: float | None = None, all_depths: bool = True) -> Calibration:
     """Ask one member the controls (cached) and choose its margin; see the module docstring.
 
     ``margin`` given: nothing is chosen, both rates are measured at that margin (a held-out check of a
-    margin chosen on other controls)."""
+    margin chosen on other controls). ``all_depths`` (adaptive rotation): also ask the rotations beyond
+    the panel's ``adaptive_depth`` that a hit would need at a deeper one, for the table of every depth."""
     from filters.backends import open_backend
 
     rotations = getattr(panel, "rotations", 1)
@@ -274,49 +283,70 @@ def calibrate_member(member, panel, cache, *, target_fpr: float, mmlu: Sequence[
     backend = backend or open_backend(member, cache)
     try:
         asks, comp = ask_all(backend, cache, items, rotations=rotations, n_prior=min(panel.control_size, len(mmlu)),
-                             corrected=corrected, stats=stats, advance=advance, extend=extend)
+                             corrected=corrected, stats=stats, advance=advance, extend=extend,
+                             depth=None if all_depths else getattr(panel, "adaptive_depth", None))
     finally:
         if own:
             backend.close()
     keys = [it["answer"] for it in items]
     n_opts = [len(it["options"]) for it in items]
-    comp_used = comp if corrected else None
-    thr = [hit_threshold(a, k, n, comp_used, _required(rotations, n), corrected=corrected) for a, k, n in zip(asks, keys, n_opts)]
     nm = len(mmlu)
-    t_mmlu, t_vis = thr[:nm], thr[nm:]
     margin_free = not corrected or all(r.probs is None for a in asks for r in a)
     note = None
     if margin_free:
-        margin = None
         note = "hits do not depend on a margin (" + ("chance_corrected = false" if not corrected else "generated answers") + "); rates at the panel's rule"
-        at = 0.0
-    else:
-        margin = choose_margin(t_vis, target_fpr) if margin is None else margin
-        at = margin
-    fh, mh = hits_at(t_vis, at), hits_at(t_mmlu, at)
+    depth = getattr(panel, "adaptive_depth", None) if rotations == "adaptive" else None
     # the old rule, whatever margin an earlier calibration wrote for the member: one ask at the panel's margin
     single = [i for i, (a, k, n) in enumerate(zip(asks[:nm], keys, n_opts))
               if is_hit(a[0], k, n, comp, margin=panel.margin, corrected=corrected)]
-    kept = sum(1 for i in single if t_mmlu[i] is not None and t_mmlu[i] >= at - 1e-12) / len(single) if single else None
+
+    def at_depth(d: int | None, fixed: float | None) -> dict:
+        """Both error rates, the share of single-pass hits kept and the calls, for asks cut at depth ``d``."""
+        thr = [hit_threshold(a, k, n, comp if corrected else None, _required(rotations, n, d), corrected=corrected)
+               for a, k, n in zip(asks, keys, n_opts)]
+        t_mmlu, t_vis = thr[:nm], thr[nm:]
+        m = None if margin_free else (choose_margin(t_vis, target_fpr) if fixed is None else fixed)
+        at = 0.0 if m is None else m
+        fh, mh = hits_at(t_vis, at), hits_at(t_mmlu, at)
+        kept = sum(1 for i in single if t_mmlu[i] is not None and t_mmlu[i] >= at - 1e-12) / len(single) if single else None
+        return {"adaptive_depth": d, "margin": m, "at": at, "t_mmlu": t_mmlu, "t_vis": t_vis, "false_hits": fh,
+                "mmlu_hits": mh, "kept": kept,
+                "prompts": calls_at(asks, keys, n_opts, comp, at, corrected, rotations, d)}
+
+    chosen = at_depth(depth, margin)
+    # every depth the adaptive rule could stop at, each with the margin that meets the target: the trade a
+    # user chooses ``adaptive_depth`` by (fewer rotations can meet one false-hit rate with more recall)
+    depths = []
+    if rotations == "adaptive" and not margin_free and all_depths:
+        for d in range(2, max(n_opts, default=0) + 1):
+            same = d == depth or (depth is None and d == max(n_opts))
+            r = chosen if same and margin is None else at_depth(d, None)
+            depths.append({"adaptive_depth": d, "margin": r["margin"], "false_hits": r["false_hits"],
+                           "false_hit_rate": r["false_hits"] / max(len(vision), 1), "mmlu_hits": r["mmlu_hits"],
+                           "recall": r["mmlu_hits"] / max(nm, 1), "kept": r["kept"],
+                           "calls_ratio": r["prompts"] / len(items) if items else None})
+    at, t_mmlu, t_vis, fh, mh = chosen["at"], chosen["t_mmlu"], chosen["t_vis"], chosen["false_hits"], chosen["mmlu_hits"]
     sweep = [{"margin": m, "false_hit_rate": hits_at(t_vis, m) / max(len(t_vis), 1),
               "recall": hits_at(t_mmlu, m) / max(nm, 1)} for m in sorted({*SWEEP_SHOWN, at})] if not margin_free else []
     return Calibration(
-        member=member.name, margin=margin, target_fpr=target_fpr, rotations=str(rotations),
+        member=member.name, margin=chosen["margin"], target_fpr=target_fpr, rotations=str(rotations),
         n_vision=len(t_vis), false_hits=fh, false_hit_rate=fh / max(len(t_vis), 1), false_hit_ci=wilson_interval(fh, len(t_vis)),
         n_mmlu=nm, mmlu_hits=mh, recall=mh / max(nm, 1), recall_ci=wilson_interval(mh, nm),
-        single_pass_hits=len(single), kept=kept,
-        prompts=calls_at(asks, keys, n_opts, comp, at, corrected, rotations), single_pass_prompts=len(items),
+        single_pass_hits=len(single), kept=chosen["kept"],
+        prompts=chosen["prompts"], single_pass_prompts=len(items),
         asked=int(stats["asked"]), cached=int(stats["cached"]), sweep=sweep, note=note,
         false_hit_ids=[str(it.get("id")) for it, t in zip(vision, t_vis) if t is not None and t >= at - 1e-12],
         mmlu_hit_ids=[str(it.get("id")) for it, t in zip(mmlu, t_mmlu) if t is not None and t >= at - 1e-12],
+        adaptive_depth=depth, depths=depths,
     )
 
 
 def calibrate_panel(panel, *, cache_path: str | Path, target_fpr: float = 0.02, members: list[str] | None = None,
                     mmlu: Sequence[dict] | None = None, vision: Sequence[dict] | None = None,
-                    progress: bool = False, margin: float | None = None) -> list[Calibration]:
+                    progress: bool = False, margin: float | None = None, all_depths: bool = True) -> list[Calibration]:
     """Calibrate every member of ``panel`` (or those named) on the shipped controls (``mmlu`` / ``vision``
-    replace them; ``margin`` measures the rates at that margin instead of choosing one)."""
+    replace them; ``margin`` measures the rates at that margin instead of choosing one; ``all_depths``:
+    see :func:`calibrate_member`)."""
     from filters.cache import ResponseCache
     from filters.screen import _Progress
 
@@ -337,7 +367,8 @@ def calibrate_panel(panel, *, cache_path: str | Path, target_fpr: float = 0.02, 
                     prog.bar.update(t, total=total[0])
 
             out.append(calibrate_member(member, panel, cache, target_fpr=target_fpr, mmlu=mmlu, vision=vision,
-                                        advance=lambda k, t=task: prog.advance(t, k), extend=extend, margin=margin))
+                                        advance=lambda k, t=task: prog.advance(t, k), extend=extend, margin=margin,
+                                        all_depths=all_depths))
             if prog.bar:  # repeated prompts are asked once: the bar counts distinct ones, so close it here
                 prog.bar.update(task, completed=total[0])
     return out

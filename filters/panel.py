@@ -99,6 +99,11 @@ class Panel:
     rotated that many times and counts a hit only when every rotation is right (CircularEval);
     ``"adaptive"`` (the default) asks every question once and rotates only the hits, stopping at the
     first miss: a hit needs all ``n_options`` rotations right, at a cost of one ask for most items.
+    ``adaptive_depth = k`` stops the adaptive rule after ``k`` asks (the first and ``k - 1``
+    rotations): each rotation cuts a guess's chance by about ``1/n`` but also costs a small member
+    some of its real knowledge (it answers the same question differently when the options move),
+    so fewer rotations at a larger calibrated margin can meet one false-hit rate with more recall;
+    ``mmcurate panel calibrate`` prints both rates for every depth. ``None``: every rotation.
     """
 
     name: str
@@ -106,6 +111,7 @@ class Panel:
     max_hits: int | None = 0
     max_hit_fraction: float | None = None
     rotations: int | str = ADAPTIVE
+    adaptive_depth: int | None = None
     chance_corrected: bool = True
     margin: float = 0.1
     control_size: int = 100
@@ -135,6 +141,8 @@ class Panel:
         """Everything that changes a verdict, as plain data (``source`` is where, not what)."""
         d = dataclasses.asdict(dataclasses.replace(self, rules=None))
         d.pop("source")
+        if d["adaptive_depth"] is None:
+            d.pop("adaptive_depth")  # a panel that rotates fully keeps the hash it had before depths existed
         d["rules"] = self.rules.as_dict() if self.rules is not None else None
         for m in d["members"]:
             for k in ("concurrency", "timeout", "max_retries", "batch_size", "n_threads", "api_key_env", *INFORMATIONAL_FIELDS):
@@ -170,6 +178,7 @@ MEMBER_SPEC: dict[str, Param] = {
 PANEL_SPEC: dict[str, Param] = {
     "name": Param((str,)), "max_hits": Param((int,), low=0), "max_hit_fraction": _UNIT,
     "rotations": Param((int,), low=1, also=(ADAPTIVE,), hint=" (1 means no rotation)"),
+    "adaptive_depth": Param((int,), low=2, hint=" (asks per hit under rotations = \"adaptive\", the first included)"),
     "chance_corrected": Param((bool,)), "margin": _UNIT,
     "control_size": Param((int,), low=0, hint=" (0 skips the competence check)"),
     "at_chance": Param((str,), choices=AT_CHANCE_POLICIES),
@@ -251,6 +260,9 @@ def panel_from_dict(data: dict[str, Any], *, source: str = "<memory>", base: Pat
         raise UserError(f"{src}: panel sets both max_hits and max_hit_fraction; keep one of them")
     if "max_hit_fraction" in head:
         head["max_hits"] = None
+    if "adaptive_depth" in head and head.get("rotations", ADAPTIVE) != ADAPTIVE:
+        raise invalid(src, "panel.adaptive_depth", head["adaptive_depth"],
+                      f'it applies only to rotations = "adaptive" (this panel has rotations = {head["rotations"]!r})')
     raw_members = data.get("member", [])
     if not isinstance(raw_members, list) or not raw_members:
         raise UserError(f"{src}: the panel has no members; add at least one [[member]] table with name and model")

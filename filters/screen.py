@@ -15,8 +15,8 @@ Rotation (``panel.rotations``). An int ``r`` asks every item with its options ro
 positions (``min(r, n_options)`` asks) and counts a hit only when every ask hits (CircularEval).
 ``"adaptive"`` (the default) asks every item once; only the items whose ask hit are asked again,
 rotated by one more position, stopping at the first miss, and a hit needs all ``n_options`` asks
-to hit. A member that knows the answer follows its text round the circle at about one extra ask
-per hit; a guesser or a member that loves one letter is caught by the first rotation that moves
+to hit (with ``panel.adaptive_depth = k``, the first ``k``). A member that knows the answer follows
+its text round the circle at about one extra ask per hit; a guesser or a member that loves one letter is caught by the first rotation that moves
 the key, for the cost of one ask on most items. Each round is one ``score_prompts`` call over the
 items still in play, so batches depend only on the items and the answers, and a killed run resumes
 from the cache with identical results.
@@ -142,6 +142,7 @@ class ScreenReport:
     n_questions: int = 0  # distinct questions asked (one per group of copies; n_items counts every copy)
     n_unaskable: int = 0  # items skipped because they could not be asked (``screen_error``; ledger reason ``unaskable``)
     n_prompts: int = 0  # prompts given to the members for the items, rotations included, summed over members
+    adaptive_depth: int | None = None  # asks per hit under adaptive rotation (None: every rotation)
 
     def as_dict(self, *, timing: bool = False) -> dict:
         """The report as plain data. Timing (``asked``/``cached``/``model_seconds``) differs run to run,
@@ -149,6 +150,8 @@ class ScreenReport:
         from dataclasses import asdict
 
         out = asdict(self)
+        if out["adaptive_depth"] is None:
+            out.pop("adaptive_depth")  # a fully rotating panel's report reads as it did before depths existed
         for m, rep in zip(out["members"], self.members):
             for key in TIMING_FIELDS:
                 m.pop(key)
@@ -166,15 +169,18 @@ def _check_items(items: pl.DataFrame) -> None:
         raise UserError(f"items table: item_id {dup!r} occurs twice; item ids must be unique")
 
 
-def _max_asks(n_options: int, rotations: int | str) -> int:
-    """Most prompts one item can take: every rotation for ``"adaptive"``, else ``min(rotations, n)``."""
+def _max_asks(n_options: int, rotations: int | str, depth: int | None = None) -> int:
+    """Most prompts one item can take: for ``"adaptive"`` every rotation, or the first ``depth`` of
+    them; else ``min(rotations, n)``."""
     if n_options == 0:
         return 0
-    return n_options if rotations == ADAPTIVE else min(int(rotations), n_options)
+    if rotations == ADAPTIVE:
+        return n_options if depth is None else min(depth, n_options)
+    return min(int(rotations), n_options)
 
 
-def _shifts(n_options: int, rotations: int | str) -> list[int]:
-    return list(range(_max_asks(n_options, rotations)))
+def _shifts(n_options: int, rotations: int | str, depth: int | None = None) -> list[int]:
+    return list(range(_max_asks(n_options, rotations, depth)))
 
 
 def _ask(backend, prompts: list, opts: list[list[str]], owner: list[int], cache: ResponseCache, advance,
@@ -296,8 +302,9 @@ def _ask_member(backend, items: pl.DataFrame, panel: Panel, member, cache: Respo
         take("items", *prompts_for(rows, lambda i: _shifts(len(opts_of[i]), panel.rotations)), first=True)
     else:
         take("items", *prompts_for([i for i in rows if opts_of[i]], lambda i: [0]), first=True)
-        for s in range(1, max((len(o) for o in opts_of), default=0)):
-            play = [i for i in rows if i not in failed and len(opts_of[i]) > s and len(asked[i].responses) == s
+        for s in range(1, max((_max_asks(len(o), ADAPTIVE, panel.adaptive_depth) for o in opts_of), default=0)):
+            play = [i for i in rows if i not in failed and _max_asks(len(opts_of[i]), ADAPTIVE, panel.adaptive_depth) > s
+                    and len(asked[i].responses) == s
                     and _key_hits(asked[i], s - 1, answers[i], comp, margin, panel.chance_corrected)]
             if not play:
                 break
@@ -320,7 +327,7 @@ def _key_hits(a: _Asked, s: int, key: str | None, comp, margin: float, corrected
 
 
 def _candidate_hits(asked: list[_Asked | None], answers: list, rotations, comp, margin: float,
-                    corrected: bool) -> list[list[float] | None]:
+                    corrected: bool, depth: int | None = None) -> list[list[float] | None]:
     """Per item, for each option j taken as the key, the probability that the hit rule counts a hit.
 
     Fixed rotations: every rotation was asked whatever the key, so each candidate is exact (0 or 1).
@@ -337,7 +344,7 @@ def _candidate_hits(asked: list[_Asked | None], answers: list, rotations, comp, 
             if acc and k is not None and acc[0] == k:
                 n = len(a.options[0])
                 first[n] += 1
-                kept[n] += len(acc) == n and all(x == k for x in acc)
+                kept[n] += len(acc) == _max_asks(n, rotations, depth) and all(x == k for x in acc)
         survival = {n: kept[n] / first[n] for n in first}
     out: list[list[float] | None] = []
     for acc, k, a in zip(accepts, keys, asked):
@@ -345,15 +352,15 @@ def _candidate_hits(asked: list[_Asked | None], answers: list, rotations, comp, 
             out.append(None)
             continue
         n = len(a.options[0])
+        need = _max_asks(n, rotations, depth)
         if rotations != ADAPTIVE:
-            need = _max_asks(n, rotations)
             out.append([1.0 if len(acc) == need and all(x == j for x in acc) else 0.0 for j in range(n)])
             continue
         row = [0.0] * n
         if acc[0] is not None:
             j = acc[0]
             if j == k:
-                row[j] = 1.0 if len(acc) == n and all(x == k for x in acc) else 0.0
+                row[j] = 1.0 if len(acc) == need and all(x == k for x in acc) else 0.0
             else:  # never rotated: unknown, so the member's survival rate (1.0 without evidence: conservative)
                 row[j] = survival.get(n, 1.0) if n > 1 else 1.0
         out.append(row)
@@ -404,7 +411,7 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
         if first.probs is not None:
             probs[i] = list(first.probs)
             calprobs[i] = list(calibrated(first.probs, comp))
-        need = _max_asks(len(a.options[0]), panel.rotations)
+        need = _max_asks(len(a.options[0]), panel.rotations, panel.adaptive_depth)
         hit[i] = len(a.responses) == need and all(
             _key_hits(a, s, answers[i], comp, margin, panel.chance_corrected) for s in range(need))
         for s, (r, ro) in enumerate(zip(a.responses, a.options)):
@@ -412,17 +419,18 @@ def _member_columns(items: pl.DataFrame, panel: Panel, member, cache: ResponseCa
             if r.probs is not None and rkey in LETTERS[: len(ro)]:
                 p = r.probs[LETTERS.index(rkey)]
                 prob[i] = p if prob[i] is None else min(prob[i], p)
-    candidates = _candidate_hits(asked, answers, panel.rotations, comp, margin, panel.chance_corrected)
+    candidates = _candidate_hits(asked, answers, panel.rotations, comp, margin, panel.chance_corrected, panel.adaptive_depth)
     chance = [None if c is None else sum(c) / len(c) for c in candidates]
 
-    expected = sum((1 / len(o)) ** _max_asks(len(o), panel.rotations) if o else 0 for o in options) / max(n, 1)
+    expected = sum((1 / len(o)) ** _max_asks(len(o), panel.rotations, panel.adaptive_depth) if o else 0
+                   for o in options) / max(n, 1)
     biased = None
     if comp is not None and comp.letter_bias:
         tot = 0.0
         for o, a in zip(options, answers):
             o = o or []
             pr = 1.0
-            for s in _shifts(len(o), panel.rotations):
+            for s in _shifts(len(o), panel.rotations, panel.adaptive_depth):
                 _, ra = rotate([str(x) for x in o], a or "", s)
                 pr *= comp.letter_bias.get(ra, 0.0)
             tot += pr if o else 0.0
@@ -733,7 +741,7 @@ def screen_with_report(
         panel=panel.name, panel_hash=panel.config_hash, template=TEMPLATE_VERSION, rotations=panel.rotations,
         threshold=threshold, n_items=out.height, n_blind=int(out["blind"].sum()), members=reports, warnings=warnings,
         chance_corrected=panel.chance_corrected, n_questions=reps.height, n_unaskable=n_unaskable,
-        n_prompts=sum(r.asks for r in reports),
+        n_prompts=sum(r.asks for r in reports), adaptive_depth=panel.adaptive_depth if panel.rotations == ADAPTIVE else None,
     )
     return out, report
 

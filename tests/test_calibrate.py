@@ -127,6 +127,14 @@ def test_adaptive_calibration_on_a_scripted_member(tmp_path):
     # prompts at 0.451: known items 4 asks; shape-"A" items hit once (0.9 >= 1/3 + 0.451) and miss rotated; rest 1
     assert r.prompts == 346 + 3 * N_KNOWN + shape_a_items()
     assert r.single_pass_prompts == 346 and r.asked > 0
+    # every adaptive_depth from the same asks: the black controls survive any number of rotations, so each
+    # depth needs the same margin; a depth d costs d - 1 extra asks per known item (bug: depth ignored)
+    assert [(d["adaptive_depth"], d["margin"], d["false_hits"], d["mmlu_hits"], d["kept"]) for d in r.depths] == [
+        (d, pytest.approx(0.451), 0, N_KNOWN, 1.0) for d in (2, 3, 4)]
+    assert [d["calls_ratio"] for d in r.depths] == [
+        pytest.approx((346 + (d - 1) * N_KNOWN + shape_a_items()) / 346) for d in (2, 3, 4)]
+    shallow = calibrate_panel(scripted_panel(adaptive_depth=2), cache_path=tmp_path / "c.sqlite")[0]
+    assert shallow.adaptive_depth == 2 and shallow.prompts == 346 + N_KNOWN + shape_a_items() and shallow.asked == 0
     identity = next(k for k in HISTORY if HISTORY[k])
     before = {k: len(v) for k, v in HISTORY.items()}
     again = calibrate_panel(scripted_panel(), cache_path=tmp_path / "c.sqlite")[0]
@@ -237,6 +245,33 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, args, message):
 # --------------------------------------------------------------------------- the real default member (slow)
 
 
-# The default member's rates on the shipped controls (issue #17's targets: false hits <= 2 %, >= 75 % of the
-# single-pass MMLU hits kept, <= 1.6x the calls of one pass) take ~400 prompts of the 1.5B model: they are
-# measured by `python bench/calibrate.py`, not asserted in CI (two runs did not finish within 25 min here).
+@pytest.mark.slow
+def test_shipped_default_panel_meets_the_control_targets(tmp_path):
+    """Issue #17's targets, on the shipped controls with the shipped default panel at the margin its file
+    states (what ``screen`` uses): false hits <= 2 % on questions that need the image, >= 75 % of the
+    single-pass MMLU hits kept, <= 1.6x the calls of one pass -- each with its Wilson 95 % interval. The
+    margin was chosen on these controls by ``mmcurate panel calibrate`` (in-sample: the intervals are the
+    honest width), so this fails when a prompt, the model file, the prior or the hit rule changes what
+    the panel file claims. ~300 prompts of the 1.5B model (~7 min on 2 cores)."""
+    panel = load_panel()
+    member = panel.members[0]
+    assert panel.rotations == "adaptive" and member.margin is not None
+    # the first 100 MMLU controls (they give the letter prior too); the panel file's recall is over all 200
+    r = calibrate_panel(panel, cache_path=tmp_path / "c.sqlite", margin=member.margin, all_depths=False,
+                        mmlu=control_items()[:100])[0]
+    kept = round((r.kept or 0) * r.single_pass_hits)
+    kept_lo, kept_hi = wilson_interval(kept, r.single_pass_hits)
+    sp_lo, _ = wilson_interval(r.single_pass_hits, r.n_mmlu)
+    print(f"{member.name}, adaptive_depth {panel.adaptive_depth}, margin {member.margin}: false hits {r.false_hits}/{r.n_vision} "
+          f"[{r.false_hit_ci[0]:.3f}, {r.false_hit_ci[1]:.3f}]; single-pass MMLU hits {r.single_pass_hits}/{r.n_mmlu}, kept "
+          f"{kept} [{kept_lo:.3f}, {kept_hi:.3f}]; recall {r.mmlu_hits}/{r.n_mmlu}; calls {r.calls_ratio:.3f}x; asked {r.asked}")
+    assert (r.n_vision, r.n_mmlu) == (146, 100)
+    # a guesser's single pass hits 25 %: the member knows MMLU, beyond the interval
+    assert sp_lo > 0.25
+    # false hits: at most the 2 % target, and the interval rules out the 8 % of the old single pass
+    assert r.false_hit_rate <= 0.02 and r.false_hit_ci[1] < 0.08
+    # kept: at least the 75 % target, and the interval rules out keeping only half
+    assert (r.kept or 0) >= 0.75 and kept_lo > 0.5
+    assert r.calls_ratio <= 1.6
+    # the panel file states the false-hit rate measured here (written by the calibration that chose the margin)
+    assert member.false_hit_rate == round(r.false_hit_rate, 4)

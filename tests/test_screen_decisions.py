@@ -177,6 +177,32 @@ def test_adaptive_chance_uses_the_members_measured_survival(tmp_path):
     assert rep.n_prompts == 18
 
 
+def test_adaptive_depth_stops_a_hit_after_that_many_asks(tmp_path):
+    out, rep = run(table(FIVE), panel(("m1", M1), ("m2", M2), adaptive_depth=2), tmp_path)
+    # the same answers as above, but a hit needs only the first two asks: a and d stop after 2, not 4
+    assert col(out, "asks__m1") == {"a": 2, "b": 2, "c": 1, "d": 1, "e": 1}  # bug: depth ignored (a: 4)
+    assert col(out, "asks__m2") == {"a": 1, "b": 1, "c": 2, "d": 2, "e": 1}
+    assert col(out, "hits") == {"a": 1, "b": 0, "c": 0, "d": 1, "e": 0}
+    assert rep.n_prompts == 14 and rep.adaptive_depth == 2 and rep.as_dict()["adaptive_depth"] == 2
+    # a uniform guesser must survive 2 asks, not 4 (bug: the expected rate still raised to n_options)
+    assert rep.members[0].expected_chance_hit_rate == 0.25**2
+    # survival at depth 2: m1's first-ask key hits a (survives both asks) and b (misses rotation 1) -> 0.5
+    assert col(out, "chance__m1") == pytest.approx({"a": 0.25, "b": 0.0, "c": 0.125, "d": 0.125, "e": 0.125})
+    full, rep_full = run(table(FIVE), panel(("m1", M1), ("m2", M2), adaptive_depth=9), tmp_path)
+    # a depth beyond the option count is every rotation: the same table as no depth
+    assert col(full, "asks__m1") == {"a": 4, "b": 2, "c": 1, "d": 1, "e": 1} and rep_full.n_prompts == 18
+    assert "adaptive_depth" not in run(table(FIVE), panel(("m1", M1)), tmp_path)[1].as_dict()
+
+
+def test_adaptive_depth_is_checked_and_only_changes_the_hash_when_set():
+    with pytest.raises(UserError, match=r"panel.adaptive_depth = 2 is invalid; it applies only to rotations = \"adaptive\""):
+        panel(("m1", M1), rotations=4, adaptive_depth=2)
+    with pytest.raises(UserError, match=r"panel.adaptive_depth = 1 is out of range"):
+        panel(("m1", M1), adaptive_depth=1)
+    assert panel(("m1", M1)).config_hash != panel(("m1", M1), adaptive_depth=2).config_hash
+    assert "adaptive_depth" not in panel(("m1", M1)).resolved()
+
+
 # -- thresholds --------------------------------------------------------------------------------
 def test_blind_needs_more_than_max_hits(tmp_path):
     items = table(FOUR)
@@ -388,6 +414,9 @@ def test_asks_per_item_under_each_rotation_rule():
     assert [_max_asks(n, 3) for n in (0, 2, 4)] == [0, 2, 3]
     assert _max_asks(4, 1) == 1 and _shifts(4, 3) == [0, 1, 2] and _shifts(2, "adaptive") == [0, 1]
     assert _max_asks(1, "adaptive") == _max_asks(1, 3) == 1  # a one-option item is still asked once
+    assert [_max_asks(n, "adaptive", 2) for n in (0, 1, 2, 4)] == [0, 1, 2, 2]  # adaptive_depth caps the asks
+    assert _max_asks(4, "adaptive", 3) == 3 and _shifts(4, "adaptive", 2) == [0, 1]
+    assert _max_asks(4, 3, 2) == 3  # a depth means nothing to fixed rotations
 
 
 # -- score_prompts: cache, batches, answers in input order ---------------------------------------------

@@ -1,10 +1,10 @@
-"""The default offline panel (Qwen2.5-Coder-1.5B) on real data: MMLU is answerable blind, easy-VQA is not.
+"""The default offline panel (Qwen2.5-Coder-1.5B) on real data: easy-VQA is not answerable blind.
 
-MMLU questions need no image, so a competent text-only member should hit clearly more often than
-chance. easy-VQA colour questions ("what color is the shape?") all need the image: turned into
-4-option multiple choice, a text-only member can only guess. Both claims are tested with Wilson
-95 % intervals, not single lucky numbers. 100 MMLU + 60 easy-VQA questions + 40 controls (~200 forward passes)
-keep the test to ~3 minutes with the llama.cpp backend (controls and items share one cache file).
+easy-VQA colour questions ("what color is the shape?") all need the image: turned into 4-option
+multiple choice, a text-only member can only guess. The claim is tested with Wilson 95 % intervals,
+not single lucky numbers. That the same member answers MMLU clearly above chance (and the panel's
+control rates) is asserted on the shipped controls in ``tests/test_calibrate.py``
+(``test_shipped_default_panel_meets_the_control_targets``).
 """
 
 from __future__ import annotations
@@ -68,22 +68,6 @@ def panel():
 @pytest.fixture(scope="module")
 def cache_path(tmp_path_factory):
     return tmp_path_factory.mktemp("panel") / "responses.sqlite"
-
-
-def test_default_panel_hits_mmlu_clearly_above_chance(shared_data, panel, cache_path):
-    # One pass (rotations = 1): the member's knowledge against the 0.25 a guesser gets. What adaptive rotation
-    # keeps of these hits on the shipped controls is measured by `python bench/calibrate.py`.
-    single = dataclasses.replace(panel, rotations=1)
-    out, report = screen_with_report(mmlu_items(shared_data, N_MMLU), single, cache_path=cache_path, progress=False, rules=False)
-    member = report.members[0]
-    assert member.competence is not None and not member.competence["at_chance"], member.competence
-    hits = int(out["hits"].sum())
-    lo, hi = wilson_interval(hits, N_MMLU)
-    acc = float((out["answer__qwen2.5-coder-1.5b"] == out["answer"]).mean())
-    print(f"MMLU: {hits}/{N_MMLU} chance-corrected hits, Wilson 95% [{lo:.2f}, {hi:.2f}], chance {member.expected_chance_hit_rate:.2f};"
-          f" raw accuracy {acc:.2f}; controls {member.competence['correct']}/{member.competence['n']}")
-    assert lo > member.expected_chance_hit_rate  # 0.25
-    assert out["blind"].sum() == hits  # one member, max_hits = 0
 
 
 def test_default_panel_stays_near_chance_on_easy_vqa(shared_data, panel, cache_path):

@@ -33,7 +33,7 @@ def test_shipped_panels_load():
     default = load_panel()
     assert [m.name for m in default.members] == ["qwen2.5-coder-1.5b"]
     assert default.members[0].shots == 2 and default.max_hits == 0
-    assert default.rotations == "adaptive" and default.members[0].margin is None
+    assert default.rotations == "adaptive" and default.adaptive_depth == 2 and default.members[0].margin == 0.136
     tiny = load_panel(Path(__file__).parents[1] / "data" / "panel_tiny.toml")
     assert tiny.members[0].model == "package:smollm2-135m-instruct"
 

@@ -83,6 +83,18 @@ def print_calibration(results, written: Path, console=None) -> None:
         )
     console.print(table)
     for r in results:
+        if not r.depths:
+            continue
+        now = r.adaptive_depth if r.adaptive_depth is not None else max(d["adaptive_depth"] for d in r.depths)
+        dt = Table(title=f"{safe(r.member)}: each adaptive_depth at the false-hit target (this panel: {now})")
+        for col in ("adaptive_depth", "margin", "false hits (vision)", "recall (MMLU)", "single-pass hits kept", "calls vs 1 pass"):
+            dt.add_column(col)
+        for d in r.depths:
+            dt.add_row(str(d["adaptive_depth"]), "-" if d["margin"] is None else f"{d['margin']:.3f}",
+                       f"{d['false_hits']}/{r.n_vision} = {_pct(d['false_hit_rate'])}", f"{d['mmlu_hits']}/{r.n_mmlu} = {_pct(d['recall'])}",
+                       _pct(d["kept"]), "-" if d["calls_ratio"] is None else f"{d['calls_ratio']:.2f}x")
+        console.print(dt)
+    for r in results:
         if r.note:
             console.print(f"{safe(r.member)}: {safe(r.note)}", highlight=False)
     console.print("recall = MMLU controls still hit at that margin / MMLU controls; kept = share of the one-ask hits at the "
