@@ -259,10 +259,11 @@ def ask_all(backend, cache, items: Sequence[dict], *, rotations: int | str, n_pr
 
 
 def _required(rotations: int | str, n: int, depth: int | None = None) -> int:
-    """Asks a hit needs: every rotation under ``"adaptive"`` (or the first ``depth``), else ``min(rotations, n)``."""
-    if rotations == "adaptive":
-        return n if depth is None else min(depth, n)
-    return min(int(rotations), n)
+    """Asks a hit needs: the screen's own rule (:func:`filters.screen._max_asks`), so calibration and
+    screening can never count rotations differently."""
+    from filters.screen import _max_asks  # the screen imports nothing from here; lazily, as _Progress below
+
+    return _max_asks(n, rotations, depth)
 
 
 def calibrate_member(member, panel, cache, *, target_fpr: float, mmlu: Sequence[dict], vision: Sequence[dict],
